@@ -1,0 +1,128 @@
+//! Listeners: the accept loop (limit, spawn, back off on errors; no
+//! per-connection I/O) and one module per way of learning a destination.
+
+pub mod connect;
+pub mod http;
+pub mod inbound;
+pub mod sni;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::state::Shared;
+
+/// Longest pause after repeated accept errors (e.g. EMFILE).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Accepts until drain starts. Each connection gets a `max_connections`
+/// permit and runs `serve`; over the limit, `reject` answers (bounded), or
+/// the connection is closed.
+pub async fn accept_loop<S, SF, R, RF>(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    serve: S,
+    reject: R,
+) where
+    S: Fn(Arc<Shared>, TcpStream, SocketAddr, OwnedSemaphorePermit) -> SF,
+    SF: Future<Output = ()> + Send + 'static,
+    R: Fn(Arc<Shared>, TcpStream, SocketAddr) -> RF,
+    RF: Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.stop_accepting.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                let _ = stream.set_nodelay(true);
+                match shared.connections.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        shared
+                            .tasks
+                            .spawn(serve(shared.clone(), stream, peer, permit));
+                    }
+                    Err(_) => {
+                        if let Ok(r) = shared.rejecting.clone().try_acquire_owned() {
+                            let fut = reject(shared.clone(), stream, peer);
+                            shared.tasks.spawn(async move {
+                                fut.await;
+                                drop(r);
+                            });
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::select! {
+                    _ = shared.stop_accepting.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+            }
+        }
+    }
+}
+
+use std::time::Instant;
+
+use crate::access_log::AccessRecord;
+use crate::error::{Decision, Reason};
+use crate::gate::Verdict;
+use crate::metrics::Listener;
+use crate::tunnel::TunnelOutcome;
+
+/// Writes the access-log record and counts the connection.
+pub(crate) fn finish(shared: &Shared, listener: Listener, mut rec: AccessRecord, started: Instant) {
+    if rec.rule.is_empty() {
+        rec.rule = "none".to_owned();
+    }
+    rec.duration_ms = started.elapsed().as_millis() as u64;
+    shared
+        .metrics
+        .count_connection(listener, rec.decision, &rec.rule, rec.reason);
+    shared.access_log.write(rec);
+}
+
+/// Counts a finished tunnel's bytes and duration under its rule.
+pub(crate) fn record_tunnel(
+    shared: &Shared,
+    verdict: &Verdict,
+    out: &TunnelOutcome,
+    started: Instant,
+) {
+    let rule = verdict.rule_label();
+    let m = &shared.metrics;
+    m.tunnel_bytes
+        .with_label_values(&[rule, "upstream"])
+        .inc_by(out.bytes_up);
+    m.tunnel_bytes
+        .with_label_values(&[rule, "downstream"])
+        .inc_by(out.bytes_down);
+    m.tunnel_duration
+        .with_label_values(&[rule])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// The final `decision` and `reason` of a connection whose tunnel opened.
+pub(crate) fn tunnel_verdict(
+    verdict: &Verdict,
+    out: &TunnelOutcome,
+) -> (&'static str, &'static str) {
+    match (out.tls_failure, verdict.reported) {
+        (Some(_), _) if out.end == crate::tunnel::TunnelEnd::TlsCheck => {
+            (Decision::Deny.as_str(), Reason::TlsProtocolError.as_str())
+        }
+        (Some(_), _) => (Decision::Report.as_str(), Reason::TlsProtocolError.as_str()),
+        (None, Some(r)) => (Decision::Report.as_str(), r.as_str()),
+        (None, None) => (Decision::Allow.as_str(), Reason::Ok.as_str()),
+    }
+}

@@ -1,0 +1,238 @@
+//! The byte pump: the rule's first-bytes TLS check on the client's side, then
+//! both directions copied with half-close propagated, bytes counted, an idle
+//! timeout, and no allocation, lock or log per chunk.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::policy::TlsMode;
+use crate::tls_hello::{parse_client_hello, HelloError, MAX_HELLO_BYTES};
+
+/// Copy buffer per direction.
+const BUF_SIZE: usize = 16 * 1024;
+
+/// How a tunnel should run.
+#[derive(Debug, Clone)]
+pub struct TunnelParams {
+    /// First-bytes check.
+    pub tls: TlsMode,
+    /// The destination host the SNI must equal (normalised).
+    pub host: String,
+    /// In report mode a failed check is recorded but the bytes pass.
+    pub report_only: bool,
+    /// Time allowed for a complete ClientHello once it has started.
+    pub hello_timeout: Duration,
+    /// No bytes either way for this long ends the tunnel.
+    pub idle_timeout: Duration,
+}
+
+/// What happened in a tunnel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TunnelOutcome {
+    /// Client → upstream bytes (after any replayed prefix).
+    pub bytes_up: u64,
+    /// Upstream → client bytes.
+    pub bytes_down: u64,
+    /// The TLS check failed (the reason text); in enforce mode nothing reached upstream.
+    pub tls_failure: Option<&'static str>,
+    /// How the tunnel ended, for diagnostics.
+    pub end: TunnelEnd,
+}
+
+/// Why the tunnel ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// Both sides closed.
+    #[default]
+    Closed,
+    /// An I/O error (reset) on either side.
+    Error,
+    /// The idle timeout fired.
+    Idle,
+    /// The proxy is shutting down.
+    Shutdown,
+    /// The TLS check refused the tunnel.
+    TlsCheck,
+}
+
+/// Last activity, in milliseconds since the tunnel started.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Runs a tunnel between `client` and `upstream`. `prefix` holds client
+/// bytes already read (after a CONNECT head, or a buffered ClientHello);
+/// they go upstream first, subject to the check.
+pub async fn run(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    prefix: Vec<u8>,
+    params: &TunnelParams,
+    stop: &CancellationToken,
+) -> TunnelOutcome {
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let up = AtomicU64::new(0);
+    let down = AtomicU64::new(0);
+    let mut tls_failure = None;
+    let (mut cr, mut cw) = client.split();
+    let (mut ur, mut uw) = upstream.split();
+
+    let upward = async {
+        let (first, failure) = inspect(&mut cr, prefix, params).await?;
+        if let Some(f) = failure {
+            tls_failure = Some(f);
+            if !params.report_only {
+                return Err(io::Error::other("tls check failed"));
+            }
+        }
+        if !first.is_empty() {
+            uw.write_all(&first).await?;
+            up.fetch_add(first.len() as u64, Ordering::Relaxed);
+            activity.touch();
+        }
+        pump(&mut cr, &mut uw, &up, &activity).await
+    };
+    let downward = pump(&mut ur, &mut cw, &down, &activity);
+    let idle = async {
+        loop {
+            let due = activity.last() + params.idle_timeout;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    };
+    let end = tokio::select! {
+        r = async { tokio::try_join!(upward, downward) } => match r {
+            Ok(_) => TunnelEnd::Closed,
+            Err(_) => TunnelEnd::Error,
+        },
+        _ = idle => TunnelEnd::Idle,
+        _ = stop.cancelled() => TunnelEnd::Shutdown,
+    };
+    let end = if tls_failure.is_some() && !params.report_only {
+        TunnelEnd::TlsCheck
+    } else {
+        end
+    };
+    TunnelOutcome {
+        bytes_up: up.load(Ordering::Relaxed),
+        bytes_down: down.load(Ordering::Relaxed),
+        tls_failure,
+        end,
+    }
+}
+
+/// Copies until EOF, then half-closes the writer.
+async fn pump<R, W>(r: &mut R, w: &mut W, count: &AtomicU64, activity: &Activity) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF_SIZE].into_boxed_slice();
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            w.shutdown().await?;
+            return Ok(());
+        }
+        w.write_all(&buf[..n]).await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch();
+    }
+}
+
+/// Applies the rule's `tls` check to the first client bytes. Returns the
+/// bytes read so far (to replay upstream) and the failure, if any.
+async fn inspect<R: AsyncRead + Unpin>(
+    r: &mut R,
+    mut buf: Vec<u8>,
+    params: &TunnelParams,
+) -> io::Result<(Vec<u8>, Option<&'static str>)> {
+    if params.tls == TlsMode::Any {
+        return Ok((buf, None));
+    }
+    // Under "optional" a server-speaks-first protocol may leave the client
+    // silent for long: the deadline starts with the client's first byte.
+    let mut deadline = if params.tls == TlsMode::Required || !buf.is_empty() {
+        Some(Instant::now() + params.hello_timeout)
+    } else {
+        None
+    };
+    loop {
+        match parse_client_hello(&buf) {
+            Ok(hello) => {
+                let failure = match hello.sni {
+                    None => Some("ClientHello has no SNI"),
+                    Some(sni) if !sni_matches(&sni, &params.host) => {
+                        Some("SNI does not match the destination host")
+                    }
+                    Some(_) => None,
+                };
+                return Ok((buf, failure));
+            }
+            Err(HelloError::NotTls) if params.tls == TlsMode::Optional => return Ok((buf, None)),
+            Err(HelloError::NotTls) => {
+                return Ok((buf, Some("first bytes are not a TLS ClientHello")))
+            }
+            Err(HelloError::Malformed) => return Ok((buf, Some("malformed ClientHello"))),
+            Err(HelloError::Incomplete) => {}
+        }
+        if buf.len() >= MAX_HELLO_BYTES {
+            return Ok((buf, Some("ClientHello too large")));
+        }
+        let mut chunk = [0u8; 4096];
+        let want = (MAX_HELLO_BYTES - buf.len()).min(chunk.len());
+        let read = r.read(&mut chunk[..want]);
+        let n = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, read).await {
+                Ok(n) => n?,
+                Err(_) => return Ok((buf, Some("no complete ClientHello in time"))),
+            },
+            None => read.await?,
+        };
+        if n == 0 {
+            if buf.is_empty() {
+                return Ok((
+                    buf,
+                    if params.tls == TlsMode::Required {
+                        Some("no ClientHello before close")
+                    } else {
+                        None
+                    },
+                ));
+            }
+            return Ok((buf, Some("connection closed inside the ClientHello")));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        deadline.get_or_insert_with(|| Instant::now() + params.hello_timeout);
+    }
+}
+
+/// Compares an SNI with the destination host after the same normalisation.
+fn sni_matches(sni: &str, host: &str) -> bool {
+    match crate::target::normalize_host(sni) {
+        Ok(crate::target::Host::Name(n)) => n == host,
+        _ => false,
+    }
+}

@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::state::Shared;
 
-/// Serves admin requests until drain completes.
+/// Serves admin requests until drain completes: during the drain `/readyz`
+/// answers 503 and `/metrics` keeps reporting the tunnels still open; the
+/// listener closes when the remaining tunnels are cut.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {
@@ -41,7 +43,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 
 fn answer<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
     }
     match req.uri().path() {
         "/metrics" => {
@@ -54,6 +59,9 @@ fn answer<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if shared.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if shared.stop_accepting.is_cancelled() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        }
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/proxy.pac" | "/wpad.dat" => {
             let policy = shared.policy.load();

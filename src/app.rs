@@ -131,7 +131,7 @@ impl Running {
         let m = &self.shared.metrics;
         match load_policy(&self.shared.config) {
             Ok(p) => {
-                m.policy_rules.set(p.rules().len() as i64);
+                m.init_rules(p.rules().iter().map(|r| r.name.as_str()));
                 self.shared.policy.store(Arc::new(p));
                 m.policy_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(
@@ -158,6 +158,8 @@ impl Running {
             .is_err()
         {
             tracing::warn!("shutdown grace expired; closing remaining tunnels");
+        } else {
+            tracing::info!("every connection finished");
         }
         self.shared.stop_tunnels.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.tasks.wait()).await;
@@ -165,27 +167,39 @@ impl Running {
 }
 
 /// `portcullis run`: start, then serve signals until a clean shutdown.
+///
+/// Signal handlers are installed before any listener is bound: once a
+/// "listening" line is out, SIGHUP reloads and SIGTERM drains, never the
+/// default action (terminate).
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let policy = load_policy(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let format = config.log_format;
     let grace = config.shutdown_grace;
     let running = start(config, policy, AccessLog::stdout(format)).await?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    loop {
+    let signal = loop {
         tokio::select! {
-            _ = hup.recv() => { let _ = running.reload(); }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the policy");
+                let _ = running.reload();
+            }
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
         }
-    }
-    tracing::info!(grace_s = grace.as_secs(), "draining");
+    };
+    tracing::info!(
+        signal,
+        grace_s = grace.as_secs(),
+        "draining: readyz 503, listeners closed, open tunnels may finish"
+    );
     let drain = running.shutdown(grace);
     tokio::select! {
         _ = drain => {}
-        _ = term.recv() => tracing::warn!("second signal: exiting at once"),
-        _ = int.recv() => tracing::warn!("second signal: exiting at once"),
+        _ = term.recv() => tracing::warn!(signal = "SIGTERM", "second signal: exiting at once"),
+        _ = int.recv() => tracing::warn!(signal = "SIGINT", "second signal: exiting at once"),
     }
     running.shared.stop_tunnels.cancel();
     // Let the access-log thread write what the cut tunnels queued.

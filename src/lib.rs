@@ -33,6 +33,8 @@ pub mod listen;
 pub mod metrics;
 pub mod pac;
 pub mod policy;
+#[cfg(target_os = "linux")]
+pub mod splice;
 pub mod state;
 pub mod target;
 pub mod tls_hello;

@@ -139,6 +139,12 @@ impl Metrics {
         for o in ["ok", "error"] {
             policy_reloads.with_label_values(&[o]);
         }
+        for o in ["ok", "nxdomain", "timeout", "error"] {
+            dns_duration.with_label_values(&[o]);
+        }
+        for o in ["ok", "refused", "timeout", "error"] {
+            connect_duration.with_label_values(&[o]);
+        }
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(active_tunnels.clone()))?;
         registry.register(Box::new(tunnel_bytes.clone()))?;
@@ -163,6 +169,19 @@ impl Metrics {
             policy_reloads,
             policy_rules,
         })
+    }
+
+    /// Makes every rule's tunnel series visible (at zero) before first use,
+    /// and sets the rule-count gauge.
+    pub fn init_rules<'a>(&self, rules: impl Iterator<Item = &'a str>) {
+        let mut n = 0;
+        for rule in rules {
+            n += 1;
+            self.tunnel_bytes.with_label_values(&[rule, "upstream"]);
+            self.tunnel_bytes.with_label_values(&[rule, "downstream"]);
+            self.tunnel_duration.with_label_values(&[rule]);
+        }
+        self.policy_rules.set(n);
     }
 
     /// Counts one finished connection.

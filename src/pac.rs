@@ -33,12 +33,15 @@ pub fn render(policy: &Policy, proxies: &[String], mode: PacMode) -> String {
         PacMode::Allowlist => {
             out.push_str("  host = host.toLowerCase();\n");
             out.push_str("  if (host.charAt(host.length - 1) == \".\") host = host.substring(0, host.length - 1);\n");
-            let mut exact: Vec<&str> = Vec::new();
-            let mut suffixes: Vec<&str> = Vec::new();
+            // Policy hosts are already normalised (lower case, A-labels);
+            // lower-casing again keeps the PAC right whatever the source.
+            let mut exact: Vec<String> = Vec::new();
+            let mut suffixes: Vec<String> = Vec::new();
             for rule in policy.rules() {
                 for h in &rule.hosts {
+                    let h = h.to_ascii_lowercase();
                     match h.strip_prefix("*.") {
-                        Some(s) => suffixes.push(s),
+                        Some(s) => suffixes.push(s.to_owned()),
                         None => exact.push(h),
                     }
                 }
@@ -48,7 +51,7 @@ pub fn render(policy: &Policy, proxies: &[String], mode: PacMode) -> String {
             suffixes.sort_unstable();
             suffixes.dedup();
             for h in exact {
-                let _ = writeln!(out, "  if (host == {}) return {route};", js_string(h));
+                let _ = writeln!(out, "  if (host == {}) return {route};", js_string(&h));
             }
             for s in suffixes {
                 // "*.example.com" is any subdomain, not the apex: dnsDomainIs with a leading dot.

@@ -58,7 +58,7 @@ impl Shared {
         metrics: Metrics,
         access_log: AccessLog,
     ) -> Shared {
-        metrics.policy_rules.set(policy.rules().len() as i64);
+        metrics.init_rules(policy.rules().iter().map(|r| r.name.as_str()));
         Shared {
             addrs: AddressPolicy::new(config.deny_cidrs.clone(), config.allow_cidrs.clone()),
             connections: Arc::new(Semaphore::new(config.max_connections)),

@@ -6,7 +6,9 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::net::Shutdown;
+use std::sync::OnceLock;
+
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::policy::TlsMode;
 use crate::tls_hello::{parse_client_hello, HelloError, MAX_HELLO_BYTES};
 
-/// Copy buffer per direction.
+/// Copy buffer per direction (portable path only).
 const BUF_SIZE: usize = 16 * 1024;
 
 /// How a tunnel should run.
@@ -81,8 +83,8 @@ impl Activity {
 /// bytes already read (after a CONNECT head, or a buffered ClientHello);
 /// they go upstream first, subject to the check.
 pub async fn run(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+    client: &TcpStream,
+    upstream: &TcpStream,
     prefix: Vec<u8>,
     params: &TunnelParams,
     stop: &CancellationToken,
@@ -94,11 +96,9 @@ pub async fn run(
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
     let mut tls_failure = None;
-    let (mut cr, mut cw) = client.split();
-    let (mut ur, mut uw) = upstream.split();
 
     let upward = async {
-        let (first, failure) = inspect(&mut cr, prefix, params).await?;
+        let (first, failure) = inspect(client, prefix, params).await?;
         if let Some(f) = failure {
             tls_failure = Some(f);
             if !params.report_only {
@@ -106,13 +106,13 @@ pub async fn run(
             }
         }
         if !first.is_empty() {
-            uw.write_all(&first).await?;
+            write_all(upstream, &first).await?;
             up.fetch_add(first.len() as u64, Ordering::Relaxed);
             activity.touch();
         }
-        pump(&mut cr, &mut uw, &up, &activity).await
+        pump(client, upstream, &up, &activity).await
     };
-    let downward = pump(&mut ur, &mut cw, &down, &activity);
+    let downward = pump(upstream, client, &down, &activity);
     let idle = async {
         loop {
             let due = activity.last() + params.idle_timeout;
@@ -143,29 +143,97 @@ pub async fn run(
     }
 }
 
-/// Copies until EOF, then half-closes the writer.
-async fn pump<R, W>(r: &mut R, w: &mut W, count: &AtomicU64, activity: &Activity) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUF_SIZE].into_boxed_slice();
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            w.shutdown().await?;
-            return Ok(());
+/// True unless `PORTCULLIS_TUNNEL_COPY=userspace` asks for the portable copy
+/// (read once; used by benchmarks to measure what splice(2) buys).
+fn zero_copy_enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED
+        .get_or_init(|| std::env::var("PORTCULLIS_TUNNEL_COPY").map_or(true, |v| v != "userspace"))
+}
+
+/// Copies `src` → `dst` until EOF, then half-closes `dst`: in the kernel
+/// with splice(2) where it works, through a user-space buffer otherwise.
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    count: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if zero_copy_enabled() {
+        let delivered = |n: usize| {
+            count.fetch_add(n as u64, Ordering::Relaxed);
+            activity.touch();
+        };
+        match crate::splice::pump(src, dst, delivered).await {
+            Ok(()) => return Ok(()),
+            Err(crate::splice::PumpError::Io(e)) => return Err(e),
+            Err(crate::splice::PumpError::Unsupported) => {}
         }
-        w.write_all(&buf[..n]).await?;
+    }
+    copy_pump(src, dst, count, activity).await
+}
+
+/// The portable pump. Its buffer is allocated on the first readable event,
+/// so an idle tunnel holds none, and reused for every chunk after.
+async fn copy_pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    count: &AtomicU64,
+    activity: &Activity,
+) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        src.readable().await?;
+        if buf.is_empty() {
+            buf = vec![0u8; BUF_SIZE];
+        }
+        let n = match src.try_read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return match socket2::SockRef::from(dst).shutdown(Shutdown::Write) {
+                Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+                _ => Ok(()),
+            };
+        }
+        write_all(dst, &buf[..n]).await?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
     }
 }
 
+/// Writes all of `data` to a shared socket reference.
+async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads whatever is available from a shared socket reference (0 = EOF).
+async fn read_some(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        src.readable().await?;
+        match src.try_read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Applies the rule's `tls` check to the first client bytes. Returns the
 /// bytes read so far (to replay upstream) and the failure, if any.
-async fn inspect<R: AsyncRead + Unpin>(
-    r: &mut R,
+async fn inspect(
+    r: &TcpStream,
     mut buf: Vec<u8>,
     params: &TunnelParams,
 ) -> io::Result<(Vec<u8>, Option<&'static str>)> {
@@ -203,7 +271,7 @@ async fn inspect<R: AsyncRead + Unpin>(
         }
         let mut chunk = [0u8; 4096];
         let want = (MAX_HELLO_BYTES - buf.len()).min(chunk.len());
-        let read = r.read(&mut chunk[..want]);
+        let read = read_some(r, &mut chunk[..want]);
         let n = match deadline {
             Some(d) => match tokio::time::timeout_at(d, read).await {
                 Ok(n) => n?,

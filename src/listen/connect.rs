@@ -113,7 +113,7 @@ pub async fn serve(
     };
     drop(policy);
     rec.rule = verdict.rule_label().to_owned();
-    let mut opened = match gate::connect(&shared, &target).await {
+    let opened = match gate::connect(&shared, &target).await {
         Ok(o) => o,
         Err(e) => return refuse(&shared, stream, Listener::Connect, rec, e, started).await,
     };
@@ -141,8 +141,8 @@ pub async fn serve(
         .with_label_values(&[Listener::Connect.as_str()]);
     gauge.inc();
     let out = tunnel::run(
-        &mut stream,
-        &mut opened.stream,
+        &stream,
+        &opened.stream,
         prefix,
         &params,
         &shared.stop_tunnels,

@@ -22,7 +22,7 @@ use crate::tunnel::{self, TunnelParams};
 /// Serves one inbound connection.
 pub async fn serve(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
     inbound: Arc<Inbound>,
@@ -59,7 +59,7 @@ pub async fn serve(
     }
     // The forward is the operator's own host (often on a private range), not
     // a client's choice, so `deny_cidrs` does not apply to it.
-    let mut opened = match gate::connect_with(&shared, &target, AddressCheck::Trusted).await {
+    let opened = match gate::connect_with(&shared, &target, AddressCheck::Trusted).await {
         Ok(o) => o,
         Err(e) => return close(&shared, rec, e.decision(), e.reason(), started),
     };
@@ -82,8 +82,8 @@ pub async fn serve(
         .with_label_values(&[Listener::Inbound.as_str()]);
     gauge.inc();
     let out = tunnel::run(
-        &mut stream,
-        &mut opened.stream,
+        &stream,
+        &opened.stream,
         Vec::new(),
         &params,
         &shared.stop_tunnels,

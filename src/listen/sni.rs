@@ -119,7 +119,7 @@ pub async fn serve(
         Err(e) => return close(&shared, rec, e.decision(), e.reason(), started),
     };
     rec.rule = verdict.rule_label().to_owned();
-    let mut opened = match gate::connect(&shared, &target).await {
+    let opened = match gate::connect(&shared, &target).await {
         Ok(o) => o,
         Err(e) => return close(&shared, rec, e.decision(), e.reason(), started),
     };
@@ -142,14 +142,7 @@ pub async fn serve(
         .active_tunnels
         .with_label_values(&[Listener::Sni.as_str()]);
     gauge.inc();
-    let out = tunnel::run(
-        &mut stream,
-        &mut opened.stream,
-        buf,
-        &params,
-        &shared.stop_tunnels,
-    )
-    .await;
+    let out = tunnel::run(&stream, &opened.stream, buf, &params, &shared.stop_tunnels).await;
     gauge.dec();
     super::record_tunnel(&shared, &verdict, &out, started);
     rec.bytes_up = out.bytes_up;

@@ -1,0 +1,3 @@
+//! End-to-end load benchmark (in progress).
+
+fn main() {}

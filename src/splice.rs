@@ -1,0 +1,132 @@
+//! One direction of a tunnel moved by the kernel: `splice(2)` from the
+//! source socket into a pipe and from the pipe into the destination socket,
+//! so tunnelled bytes never enter user space. The pipe is created on the
+//! first readable event, so an idle tunnel holds no buffer.
+//!
+//! A hand-written pump rather than `tokio-splice2`: the tunnel needs running
+//! byte counts and an activity clock that survive cancellation (idle timeout,
+//! drain), and both directions borrowing the same two sockets.
+
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// Bytes moved per splice call (the default pipe capacity).
+const CHUNK: usize = 64 * 1024;
+
+/// A pipe used as the in-kernel buffer.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by us alone.
+        Ok(unsafe {
+            Pipe {
+                read: OwnedFd::from_raw_fd(fds[0]),
+                write: OwnedFd::from_raw_fd(fds[1]),
+            }
+        })
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain syscall on descriptors that stay open for the call's duration;
+    // null offsets are valid for sockets and pipes.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Why a splice pump stopped before EOF.
+pub enum PumpError {
+    /// splice(2) is not usable for these descriptors; nothing was moved yet,
+    /// the caller should copy through user space instead.
+    Unsupported,
+    /// A socket error.
+    Io(io::Error),
+}
+
+/// Moves bytes from `src` to `dst` until EOF, then half-closes `dst`.
+/// `on_bytes` is called after every chunk delivered to `dst`.
+pub async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    mut on_bytes: impl FnMut(usize),
+) -> Result<(), PumpError> {
+    let mut pipe: Option<Pipe> = None;
+    let mut moved_any = false;
+    loop {
+        src.readable().await.map_err(PumpError::Io)?;
+        let p = match &pipe {
+            Some(p) => p,
+            None => pipe.insert(Pipe::new().map_err(PumpError::Io)?),
+        };
+        let filled = src.try_io(Interest::READABLE, || {
+            splice(src.as_raw_fd(), p.write.as_raw_fd(), CHUNK)
+        });
+        let mut in_pipe = match filled {
+            Ok(0) => {
+                return socket2::SockRef::from(dst)
+                    .shutdown(Shutdown::Write)
+                    .or_else(not_connected_ok)
+                    .map_err(PumpError::Io);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e)
+                if !moved_any
+                    && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) =>
+            {
+                return Err(PumpError::Unsupported)
+            }
+            Err(e) => return Err(PumpError::Io(e)),
+        };
+        moved_any = true;
+        while in_pipe > 0 {
+            dst.writable().await.map_err(PumpError::Io)?;
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(p.read.as_raw_fd(), dst.as_raw_fd(), in_pipe)
+            }) {
+                Ok(n) => {
+                    in_pipe -= n;
+                    on_bytes(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(PumpError::Io(e)),
+            }
+        }
+    }
+}
+
+/// A peer that already went away makes the half-close moot, not an error.
+fn not_connected_ok(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotConnected {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}

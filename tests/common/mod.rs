@@ -1,0 +1,953 @@
+//! Shared harness for the integration tests: an in-process DNS server whose
+//! answers can change at runtime, upstream servers (echo, byte-counting sink,
+//! banner, TLS, HTTP), the proxy started in-process with an access-log
+//! collector, and a small CONNECT client. Every wait is bounded by [`WAIT`];
+//! nothing sleeps to synchronise.
+//!
+//! Addresses: only loopback. Each upstream gets its own `127.x.y.z` address
+//! from [`fresh_ip`] so that tests running in parallel never collide, even on
+//! the fixed ports (443, 2001-2500) the seed policy names.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hickory_server::net::runtime::TokioRuntimeProvider;
+use hickory_server::proto::rr::rdata::{A, AAAA, SOA};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordSet, RecordType, RrKey};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+use hickory_server::Server;
+use portcullis::access_log::{AccessLog, AccessRecord};
+use portcullis::app::Running;
+use portcullis::config::Config;
+use portcullis::policy::Policy;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::rustls;
+
+/// Upper bound for every wait in the tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `f`, failing the test if it takes longer than [`WAIT`].
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for: {what}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loopback addresses
+// ---------------------------------------------------------------------------
+
+static NEXT_IP: AtomicU32 = AtomicU32::new(0);
+
+/// A loopback address no other test of this process uses. The second octet
+/// depends on the process id, so concurrently running test binaries (other
+/// suites) are unlikely to pick the same addresses either.
+pub fn fresh_ip() -> Ipv4Addr {
+    let n = NEXT_IP.fetch_add(1, Ordering::Relaxed);
+    let second = 16 + (std::process::id() % 200) as u8;
+    Ipv4Addr::new(127, second, (n / 250) as u8, (n % 250) as u8 + 2)
+}
+
+/// Binds a TCP listener on a fresh loopback address and `port` (0 = any).
+pub async fn bind_fresh(port: u16) -> TcpListener {
+    let mut last = None;
+    for _ in 0..100 {
+        match TcpListener::bind((fresh_ip(), port)).await {
+            Ok(l) => return l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => panic!("binding a loopback listener on port {port}: {e}"),
+        }
+    }
+    panic!("no free loopback address for port {port}: {last:?}");
+}
+
+/// Binds one listener per port, all on the same fresh loopback address.
+pub async fn bind_ports(ports: &[u16]) -> (Ipv4Addr, Vec<TcpListener>) {
+    'ip: for _ in 0..100 {
+        let ip = fresh_ip();
+        let mut out = Vec::new();
+        for &p in ports {
+            match TcpListener::bind((ip, p)).await {
+                Ok(l) => out.push(l),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue 'ip,
+                Err(e) => panic!("binding {ip}:{p}: {e}"),
+            }
+        }
+        return (ip, out);
+    }
+    panic!("no loopback address with ports {ports:?} free");
+}
+
+/// Binds `port` on `count` distinct fresh loopback addresses (for "same port,
+/// several addresses" tests). `port` 0 picks one from the first bind.
+pub async fn bind_same_port(count: usize, port: u16) -> Vec<TcpListener> {
+    let first = bind_fresh(port).await;
+    let port = first.local_addr().unwrap().port();
+    let mut out = vec![first];
+    let mut tries = 0;
+    while out.len() < count {
+        tries += 1;
+        assert!(tries < 200, "no free loopback address for port {port}");
+        match TcpListener::bind((fresh_ip(), port)).await {
+            Ok(l) => out.push(l),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
+            Err(e) => panic!("binding port {port}: {e}"),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// DNS
+// ---------------------------------------------------------------------------
+
+type Zone = InMemoryZoneHandler<TokioRuntimeProvider>;
+
+/// An authoritative DNS server for the whole name space (root zone) on
+/// 127.0.0.1, UDP and TCP on the same port. Unknown names are NXDOMAIN;
+/// answers can be replaced while it runs ([`DnsServer::set`]).
+pub struct DnsServer {
+    /// `127.0.0.1:port` to put in `cfg.dns_nameservers`.
+    pub addr: SocketAddr,
+    zone: Arc<Zone>,
+    _server: Server<Catalog>,
+}
+
+impl DnsServer {
+    /// Starts an empty server (every name NXDOMAIN).
+    pub async fn start() -> DnsServer {
+        let origin = Name::root();
+        let mut zone = Zone::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+        let soa = SOA::new(
+            Name::from_ascii("ns.test.").unwrap(),
+            Name::from_ascii("hostmaster.test.").unwrap(),
+            1,
+            60,
+            60,
+            60,
+            // Negative-answer TTL: short, so nothing sticks between steps.
+            1,
+        );
+        zone.upsert_mut(Record::from_rdata(origin.clone(), 1, RData::SOA(soa)), 1);
+        let zone = Arc::new(zone);
+        let mut catalog = Catalog::new();
+        catalog.upsert(
+            LowerName::new(&origin),
+            vec![zone.clone() as Arc<dyn ZoneHandler>],
+        );
+        let mut server = Server::new(catalog);
+        let (udp, tcp) = bind_udp_tcp_pair().await;
+        let addr = udp.local_addr().unwrap();
+        server.register_socket(udp);
+        server.register_listener(tcp, Duration::from_secs(5), 64);
+        DnsServer {
+            addr,
+            zone,
+            _server: server,
+        }
+    }
+
+    /// Replaces the A/AAAA answers for `name` (absolute or not; any case)
+    /// with `ips`, all with `ttl` seconds. An empty `ips` removes the name
+    /// (NXDOMAIN).
+    pub async fn set(&self, name: &str, ips: &[IpAddr], ttl: u32) {
+        let fqdn = if name.ends_with('.') {
+            name.to_owned()
+        } else {
+            format!("{name}.")
+        };
+        let name = Name::from_ascii(&fqdn).unwrap_or_else(|e| panic!("bad DNS name {fqdn:?}: {e}"));
+        let lower = LowerName::new(&name);
+        let mut v4 = RecordSet::with_ttl(name.clone(), RecordType::A, ttl);
+        let mut v6 = RecordSet::with_ttl(name.clone(), RecordType::AAAA, ttl);
+        for ip in ips {
+            match ip {
+                IpAddr::V4(a) => v4.add_rdata(RData::A(A(*a))),
+                IpAddr::V6(a) => v6.add_rdata(RData::AAAA(AAAA(*a))),
+            };
+        }
+        let mut records = self.zone.records_mut().await;
+        records.remove(&RrKey::new(lower.clone(), RecordType::A));
+        records.remove(&RrKey::new(lower.clone(), RecordType::AAAA));
+        if !v4.is_empty() {
+            records.insert(RrKey::new(lower.clone(), RecordType::A), Arc::new(v4));
+        }
+        if !v6.is_empty() {
+            records.insert(RrKey::new(lower, RecordType::AAAA), Arc::new(v6));
+        }
+    }
+
+    /// Convenience: one IPv4 answer with a long TTL.
+    pub async fn set_v4(&self, name: &str, ip: Ipv4Addr) {
+        self.set(name, &[IpAddr::V4(ip)], 300).await;
+    }
+}
+
+/// A "DNS server" that receives queries and never answers (for dns_timeout).
+pub struct SilentDns {
+    /// Address to put in `cfg.dns_nameservers`.
+    pub addr: SocketAddr,
+    _udp: UdpSocket,
+    _tcp: TcpListener,
+}
+
+impl SilentDns {
+    /// Binds UDP and TCP on 127.0.0.1 and never reads from either.
+    pub async fn start() -> SilentDns {
+        let (udp, tcp) = bind_udp_tcp_pair().await;
+        SilentDns {
+            addr: udp.local_addr().unwrap(),
+            _udp: udp,
+            _tcp: tcp,
+        }
+    }
+}
+
+/// UDP and TCP sockets on the same 127.0.0.1 port.
+async fn bind_udp_tcp_pair() -> (UdpSocket, TcpListener) {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)).await {
+            return (udp, tcp);
+        }
+    }
+    panic!("could not bind UDP and TCP on the same loopback port");
+}
+
+// ---------------------------------------------------------------------------
+// Upstream servers
+// ---------------------------------------------------------------------------
+
+/// A running upstream server; aborted when dropped.
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn serve_each<F, Fut>(listener: TcpListener, per_conn: F) -> Upstream
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                a = listener.accept() => match a {
+                    Ok((s, _)) => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        conns.spawn(per_conn(s));
+                    }
+                    Err(_) => return,
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    });
+    Upstream {
+        addr,
+        accepted,
+        task,
+    }
+}
+
+/// Echoes every byte back; half-closes after the client's EOF.
+pub fn echo(listener: TcpListener) -> Upstream {
+    serve_each(listener, |mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+}
+
+/// Writes `banner`, half-closes, then drains the client until EOF.
+pub fn banner(listener: TcpListener, banner: &str) -> Upstream {
+    let banner = banner.as_bytes().to_vec();
+    serve_each(listener, move |mut s| {
+        let banner = banner.clone();
+        async move {
+            let _ = s.write_all(&banner).await;
+            let _ = s.shutdown().await;
+            let mut sink = [0u8; 1024];
+            while let Ok(n) = s.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    })
+}
+
+/// Counts the bytes each connection delivers; reports the total when the
+/// connection ends.
+pub struct Sink {
+    /// The server.
+    pub upstream: Upstream,
+    closed: tokio::sync::Mutex<mpsc::UnboundedReceiver<u64>>,
+}
+
+impl Sink {
+    /// Starts a sink on `listener`.
+    pub fn start(listener: TcpListener) -> Sink {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let upstream = serve_each(listener, move |mut s| {
+            let tx = tx.clone();
+            async move {
+                let mut total = 0u64;
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => total += n as u64,
+                    }
+                }
+                let _ = tx.send(total);
+            }
+        });
+        Sink {
+            upstream,
+            closed: tokio::sync::Mutex::new(rx),
+        }
+    }
+
+    /// Bytes received on the next connection to close.
+    pub async fn next_closed(&self) -> u64 {
+        let mut rx = self.closed.lock().await;
+        within("the sink's connection to close", rx.recv())
+            .await
+            .expect("sink stopped")
+    }
+}
+
+/// A test CA and a server certificate for one name.
+pub struct TestPki {
+    /// The CA certificate, to trust in clients.
+    pub ca: rustls::pki_types::CertificateDer<'static>,
+    /// Server chain (leaf, CA).
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Leaf key (PKCS#8 DER).
+    pub key: Vec<u8>,
+}
+
+impl TestPki {
+    /// A fresh CA and a leaf certificate for `name`.
+    pub fn new(name: &str) -> TestPki {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "portcullis test CA");
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf_params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+        TestPki {
+            ca: ca.der().clone(),
+            chain: vec![leaf.der().clone(), ca.der().clone()],
+            key: leaf_key.serialize_der(),
+        }
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// Server config presenting the leaf.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key.clone().into());
+        let cfg = rustls::ServerConfig::builder_with_provider(Self::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), key)
+            .unwrap();
+        Arc::new(cfg)
+    }
+
+    /// Client config trusting only the test CA.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Self::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(cfg)
+    }
+}
+
+/// TLS server: completes the handshake with `config`, then echoes the
+/// decrypted bytes back until the client's close_notify/EOF.
+pub fn tls_echo(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> Upstream {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    serve_each(listener, move |s| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(s).await else {
+                return;
+            };
+            let (mut r, mut w) = tokio::io::split(tls);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        }
+    })
+}
+
+/// A tiny HTTP/1.1 origin (hyper): answers every request with
+/// `origin saw <METHOD> <target> host=<Host>`.
+pub fn http_origin(listener: TcpListener) -> Upstream {
+    use http_body_util::Full;
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Request, Response};
+    serve_each(listener, |s| async move {
+        let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+            let host = req
+                .headers()
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            let body = format!("origin saw {} {} host={}", req.method(), req.uri(), host);
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .header("x-origin", "yes")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap(),
+            )
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+            .await;
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The proxy
+// ---------------------------------------------------------------------------
+
+/// The built-in default config with every listener on 127.0.0.1:0, `dns`
+/// as the only nameserver and the 127/8 exception to `deny_cidrs`.
+pub fn config(dns: SocketAddr) -> Config {
+    let mut cfg = Config::load_from(None, Some(HashMap::new())).expect("built-in config");
+    cfg.proxy_listen = vec!["127.0.0.1:0".parse().unwrap()];
+    cfg.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.dns_nameservers = vec![dns];
+    cfg.allow_cidrs = vec!["127.0.0.0/8".parse().unwrap()];
+    cfg
+}
+
+/// A policy from TOML text.
+pub fn policy(text: &str) -> Policy {
+    Policy::from_toml_str(text, "test.toml")
+        .unwrap_or_else(|e| panic!("test policy invalid: {e}\n{text}"))
+}
+
+/// A one-rule policy.
+pub fn one_rule(name: &str, host: &str, port: u16, tls: &str) -> Policy {
+    policy(&format!(
+        "[[rule]]\nname = \"{name}\"\nhosts = [\"{host}\"]\nports = [{port}]\ntls = \"{tls}\"\n"
+    ))
+}
+
+/// A proxy running in this process.
+pub struct Proxy {
+    /// The handle from `app::start`.
+    pub running: Running,
+    /// The explicit-proxy listener.
+    pub addr: SocketAddr,
+    records: Mutex<std::sync::mpsc::Receiver<AccessRecord>>,
+}
+
+impl Proxy {
+    /// Starts the proxy with `cfg` and `policy`.
+    pub async fn start(cfg: Config, policy: Policy) -> Proxy {
+        let (log, records) = AccessLog::collector();
+        let running = portcullis::app::start(cfg, policy, log)
+            .await
+            .expect("proxy starts");
+        let addr = running.proxy_addrs[0];
+        Proxy {
+            running,
+            addr,
+            records: Mutex::new(records),
+        }
+    }
+
+    /// The next access-log record (waits at most [`WAIT`]). Needs the
+    /// multi-thread runtime.
+    pub fn next_record(&self) -> AccessRecord {
+        let rx = self.records.lock().unwrap();
+        tokio::task::block_in_place(|| rx.recv_timeout(WAIT))
+            .unwrap_or_else(|e| panic!("no access-log record within {WAIT:?}: {e}"))
+    }
+
+    /// The next record whose `decision` is `decision`, skipping others.
+    pub fn next_record_with(&self, decision: &str) -> AccessRecord {
+        loop {
+            let r = self.next_record();
+            if r.decision == decision {
+                return r;
+            }
+        }
+    }
+
+    /// True if no record is queued right now.
+    pub fn no_pending_record(&self) -> bool {
+        self.records.lock().unwrap().try_recv().is_err()
+    }
+
+    /// The Prometheus exposition.
+    pub fn metrics(&self) -> String {
+        self.running.shared.metrics.render()
+    }
+
+    /// Sum of the samples of `name` whose labels include all of `labels`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics(), name, labels)
+    }
+}
+
+/// Sum of the samples of `name` in `text` whose labels include all of `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_text, value) = if let Some(r) = rest.strip_prefix('{') {
+            let Some((l, v)) = r.split_once('}') else {
+                continue;
+            };
+            (l, v)
+        } else if rest.starts_with(' ') {
+            ("", rest)
+        } else {
+            continue;
+        };
+        let ok = labels
+            .iter()
+            .all(|(k, v)| label_text.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+        if ok {
+            sum += value
+                .trim()
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("bad sample: {line}"));
+        }
+    }
+    sum
+}
+
+// ---------------------------------------------------------------------------
+// Client side
+// ---------------------------------------------------------------------------
+
+/// A response head (and body, for non-200 answers).
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Header fields in order (names as sent).
+    pub headers: Vec<(String, String)>,
+    /// Body (empty for a 200 CONNECT answer).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First field named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads a response head byte by byte (so no tunnel byte is consumed).
+pub async fn read_head(s: &mut (impl AsyncRead + Unpin)) -> Response {
+    let mut buf = Vec::new();
+    within("a response head", async {
+        let mut b = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut b).await.expect("reading the response head");
+            assert!(
+                n > 0,
+                "connection closed inside the response head; got {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.push(b[0]);
+            assert!(buf.len() < 64 * 1024, "response head too long");
+        }
+    })
+    .await;
+    let text = String::from_utf8(buf).expect("response head is UTF-8");
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    assert!(
+        version.starts_with("HTTP/1."),
+        "not an HTTP/1 status line: {status_line:?}"
+    );
+    let status = parts
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad header line {l:?}"));
+            (k.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    Response {
+        status,
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// Reads a response with its body (Content-Length, chunked is not expected,
+/// otherwise until EOF).
+pub async fn read_response(s: &mut (impl AsyncRead + Unpin)) -> Response {
+    let mut r = read_head(s).await;
+    let len = r
+        .header("content-length")
+        .map(|v| v.parse::<usize>().expect("numeric Content-Length"));
+    let mut body = Vec::new();
+    match len {
+        Some(n) => {
+            body.resize(n, 0);
+            within("the response body", s.read_exact(&mut body))
+                .await
+                .expect("reading the response body");
+        }
+        None => {
+            assert!(
+                !r.header("transfer-encoding")
+                    .is_some_and(|v| v.to_ascii_lowercase().contains("chunked")),
+                "chunked bodies not supported by the test client"
+            );
+            within("the response body (to EOF)", s.read_to_end(&mut body))
+                .await
+                .expect("reading the response body");
+        }
+    }
+    r.body = body;
+    r
+}
+
+/// Opens a TCP connection to the proxy.
+pub async fn dial(proxy: SocketAddr) -> TcpStream {
+    within("connecting to the proxy", TcpStream::connect(proxy))
+        .await
+        .expect("connect to the proxy")
+}
+
+/// Sends `raw` to the proxy and reads the answer: the head only for a 200,
+/// head and body otherwise.
+pub async fn send_raw(proxy: SocketAddr, raw: &[u8]) -> (TcpStream, Response) {
+    let mut s = dial(proxy).await;
+    within("sending the request", s.write_all(raw))
+        .await
+        .expect("write request");
+    let mut r = read_head(&mut s).await;
+    if r.status != 200 {
+        let full = read_body_after(&mut s, &r).await;
+        r.body = full;
+    }
+    (s, r)
+}
+
+async fn read_body_after(s: &mut TcpStream, r: &Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    match r
+        .header("content-length")
+        .map(|v| v.parse::<usize>().expect("numeric Content-Length"))
+    {
+        Some(n) => {
+            body.resize(n, 0);
+            within("the error body", s.read_exact(&mut body))
+                .await
+                .expect("reading the error body");
+        }
+        None => {
+            within("the error body (to EOF)", s.read_to_end(&mut body))
+                .await
+                .expect("reading the error body");
+        }
+    }
+    body
+}
+
+/// `CONNECT authority` through the proxy.
+pub async fn connect(proxy: SocketAddr, authority: &str) -> (TcpStream, Response) {
+    let req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    send_raw(proxy, req.as_bytes()).await
+}
+
+/// `CONNECT` that must succeed; returns the tunnel.
+pub async fn tunnel(proxy: SocketAddr, authority: &str) -> TcpStream {
+    let (s, r) = connect(proxy, authority).await;
+    assert_eq!(
+        r.status,
+        200,
+        "CONNECT {authority} refused: {r:?} body={:?}",
+        r.text()
+    );
+    s
+}
+
+/// Asserts the SPEC error-response shape: status, `Proxy-Status:
+/// portcullis; error=<error>`, `text/plain`, a one-line body, `Connection: close`.
+pub fn assert_error(r: &Response, status: u16, error: &str) {
+    let ctx = format!("{r:?} body={:?}", r.text());
+    assert_eq!(r.status, status, "status; {ctx}");
+    let ps = r
+        .header("proxy-status")
+        .unwrap_or_else(|| panic!("no Proxy-Status; {ctx}"));
+    let mut items = ps.split(';').map(str::trim);
+    assert_eq!(
+        items.next(),
+        Some("portcullis"),
+        "Proxy-Status names the proxy; {ctx}"
+    );
+    assert!(
+        items.any(|p| p == format!("error={error}")),
+        "Proxy-Status error={error}; {ctx}"
+    );
+    let ct = r
+        .header("content-type")
+        .unwrap_or_else(|| panic!("no Content-Type; {ctx}"));
+    assert!(
+        ct.to_ascii_lowercase().starts_with("text/plain"),
+        "Content-Type text/plain; {ctx}"
+    );
+    let conn = r
+        .header("connection")
+        .unwrap_or_else(|| panic!("no Connection; {ctx}"));
+    assert!(
+        conn.eq_ignore_ascii_case("close"),
+        "Connection: close; {ctx}"
+    );
+    let body =
+        String::from_utf8(r.body.clone()).unwrap_or_else(|_| panic!("body is not UTF-8; {ctx}"));
+    let trimmed = body.strip_suffix('\n').unwrap_or(&body);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    assert!(
+        !trimmed.trim().is_empty(),
+        "body says what was refused; {ctx}"
+    );
+    assert!(!trimmed.contains(['\n', '\r']), "body is one line; {ctx}");
+}
+
+/// Waits for the peer to close: read returns EOF (or a reset).
+pub async fn expect_closed(s: &mut (impl AsyncRead + Unpin)) {
+    within("the connection to close", async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+}
+
+/// Writes `data` and reads back exactly as many bytes.
+pub async fn roundtrip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    within("an echo round trip", async {
+        s.write_all(data).await.expect("write");
+        let mut back = vec![0u8; data.len()];
+        s.read_exact(&mut back).await.expect("read echo");
+        back
+    })
+    .await
+}
+
+/// Reads until EOF.
+pub async fn read_all(s: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+    let mut out = Vec::new();
+    within("reading to EOF", s.read_to_end(&mut out))
+        .await
+        .expect("read to EOF");
+    out
+}
+
+/// A client stream that sends a CONNECT head in the same write as the first
+/// bytes written to it, and strips the proxy's 200 answer from what is read.
+/// Used to check that bytes right behind the head are not lost.
+pub struct ConnectPrefixed {
+    inner: TcpStream,
+    head: Option<Vec<u8>>,
+    pending: Vec<u8>,
+    claimed: usize,
+    /// Size of the first write, head included.
+    pub first_write_len: Arc<AtomicU64>,
+    answer: Vec<u8>,
+    answer_done: bool,
+    leftover: Vec<u8>,
+}
+
+impl ConnectPrefixed {
+    /// Wraps `inner`; `authority` goes in the CONNECT head.
+    pub fn new(inner: TcpStream, authority: &str) -> ConnectPrefixed {
+        ConnectPrefixed {
+            inner,
+            head: Some(
+                format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").into_bytes(),
+            ),
+            pending: Vec::new(),
+            claimed: 0,
+            first_write_len: Arc::new(AtomicU64::new(0)),
+            answer: Vec::new(),
+            answer_done: false,
+            leftover: Vec::new(),
+        }
+    }
+}
+
+impl AsyncWrite for ConnectPrefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if let Some(head) = this.head.take() {
+            this.pending = head;
+            this.pending.extend_from_slice(buf);
+            this.claimed = buf.len();
+            this.first_write_len
+                .store(this.pending.len() as u64, Ordering::SeqCst);
+        }
+        while !this.pending.is_empty() {
+            match Pin::new(&mut this.inner).poll_write(cx, &this.pending) {
+                Poll::Ready(Ok(n)) => {
+                    this.pending.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if this.claimed > 0 {
+            let c = this.claimed;
+            this.claimed = 0;
+            return Poll::Ready(Ok(c));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for ConnectPrefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while !this.answer_done {
+            let mut tmp = [0u8; 4096];
+            let mut rb = ReadBuf::new(&mut tmp);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let got = rb.filled();
+                    if got.is_empty() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "proxy closed before answering: {:?}",
+                                String::from_utf8_lossy(&this.answer)
+                            ),
+                        )));
+                    }
+                    this.answer.extend_from_slice(got);
+                    if let Some(pos) = this.answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&this.answer[..pos]).into_owned();
+                        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+                            return Poll::Ready(Err(io::Error::other(format!(
+                                "CONNECT refused: {head}"
+                            ))));
+                        }
+                        this.leftover = this.answer.split_off(pos + 4);
+                        this.answer_done = true;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if !this.leftover.is_empty() {
+            let n = this.leftover.len().min(buf.remaining());
+            buf.put_slice(&this.leftover[..n]);
+            this.leftover.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+/// A deterministic byte pattern of `len` bytes.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
@@ -55,9 +54,7 @@ pub async fn start(
     let shared = Arc::new(Shared::new(config, policy, dns, metrics, access_log));
     let mut proxy_addrs = Vec::new();
     for addr in &shared.config.proxy_listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding proxy listener {addr}"))?;
+        let l = listen::bind(*addr).with_context(|| format!("binding proxy listener {addr}"))?;
         let local = l.local_addr()?;
         tracing::info!(listener = "proxy", addr = %local, "listening");
         proxy_addrs.push(local);
@@ -70,9 +67,8 @@ pub async fn start(
     }
     let mut sni_addrs = Vec::new();
     for sni in &shared.config.sni_listen {
-        let l = TcpListener::bind(sni.addr)
-            .await
-            .with_context(|| format!("binding SNI listener {}", sni.addr))?;
+        let l =
+            listen::bind(sni.addr).with_context(|| format!("binding SNI listener {}", sni.addr))?;
         let local = l.local_addr()?;
         tracing::info!(listener = "sni", addr = %local, port = sni.port, original_dst = sni.original_dst, "listening");
         sni_addrs.push(local);
@@ -86,7 +82,7 @@ pub async fn start(
     }
     let mut inbound_addrs = Vec::new();
     for inbound in &shared.config.inbound {
-        let l = TcpListener::bind(inbound.listen).await.with_context(|| {
+        let l = listen::bind(inbound.listen).with_context(|| {
             format!(
                 "binding inbound listener {} ({})",
                 inbound.listen, inbound.name
@@ -105,9 +101,7 @@ pub async fn start(
     }
     let admin_addr = match shared.config.admin_listen {
         Some(addr) => {
-            let l = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding admin listener {addr}"))?;
+            let l = listen::bind(addr).with_context(|| format!("binding admin listener {addr}"))?;
             let local = l.local_addr()?;
             tracing::info!(listener = "admin", addr = %local, "listening");
             tokio::spawn(crate::admin::serve(l, shared.clone()));

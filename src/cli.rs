@@ -37,7 +37,17 @@ pub enum Command {
     },
     /// Print the PAC file the admin listener serves.
     Pac,
+    /// Print firewall rules matching the config: inbound source allowlists,
+    /// listener ports open only to clients.allow, client egress only through
+    /// the proxy, and the transparent tcp/443 redirect when [sni] listeners exist.
+    Firewall {
+        /// Rule syntax: nftables (IPv4 and IPv6), iptables (IPv4) or ip6tables (IPv6).
+        #[arg(long, value_enum)]
+        format: FirewallFormat,
+    },
 }
+
+pub use crate::firewall::Format as FirewallFormat;
 
 /// Exit code for usage errors (clap uses the same).
 pub const EXIT_USAGE: i32 = 2;
@@ -159,6 +169,20 @@ pub fn pac(cli: &Cli) -> i32 {
                 "{}",
                 crate::pac::render(&policy, &config.pac_proxy, config.pac_mode)
             );
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+/// `firewall`: prints the rules; 0, or 1 if the config is invalid.
+pub fn firewall(cli: &Cli, format: FirewallFormat) -> i32 {
+    match Config::load(cli.config.as_deref()) {
+        Ok(config) => {
+            print!("{}", crate::firewall::render(&config, format));
             0
         }
         Err(e) => {

@@ -27,6 +27,7 @@ pub mod config;
 pub mod dial;
 pub mod dns;
 pub mod error;
+pub mod firewall;
 pub mod gate;
 pub mod io_util;
 pub mod listen;

@@ -12,6 +12,7 @@ fn main() {
         Some(Command::Check) => cli::check(&cli),
         Some(Command::Explain { destination }) => cli::explain(&cli, destination),
         Some(Command::Pac) => cli::pac(&cli),
+        Some(Command::Firewall { format }) => cli::firewall(&cli, *format),
     };
     std::process::exit(code);
 }

@@ -126,3 +126,35 @@ pub(crate) fn tunnel_verdict(
         (None, None) => (Decision::Allow.as_str(), Reason::Ok.as_str()),
     }
 }
+
+/// Accept backlog for every listener.
+const BACKLOG: i32 = 1024;
+
+/// Binds a listening socket. An IPv6 address is bound IPv6-only (like
+/// nginx), so `0.0.0.0:p` and `[::]:p` can both be configured.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn ipv4_and_ipv6_wildcards_bind_the_same_port() {
+        let v4 = super::bind("0.0.0.0:0".parse().unwrap()).unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let v6 = super::bind(format!("[::]:{port}").parse().unwrap());
+        // Hosts without IPv6 cannot bind [::] at all; that is not what this checks.
+        if let Err(e) = &v6 {
+            assert_ne!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        }
+    }
+}

@@ -1,5 +1,7 @@
 //! Micro-benchmarks: policy lookup over 4, 1,000 and 100,000 rules (the cost
 //! must stay flat), authority parsing, and ClientHello extraction.
+//!
+//! Run: `cargo bench --bench micro`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use portcullis::policy::Policy;
@@ -51,5 +53,34 @@ fn authority(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decide, authority);
+/// The first flight of a real rustls client: a ClientHello for `server`.
+fn captured_client_hello(server: &str) -> Option<Vec<u8>> {
+    use std::sync::Arc;
+    use tokio_rustls::rustls::{self as r, pki_types::ServerName};
+    let provider = Arc::new(r::crypto::ring::default_provider());
+    let cfg = r::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(r::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = ServerName::try_from(server.to_owned()).ok()?;
+    let mut conn = r::ClientConnection::new(Arc::new(cfg), name).ok()?;
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).ok()?;
+    }
+    Some(out)
+}
+
+fn client_hello(c: &mut Criterion) {
+    let Some(hello) = captured_client_hello("connect.helpdeskbuttons.com") else {
+        eprintln!("could not build a ClientHello; skipping");
+        return;
+    };
+    c.bench_function("parse_client_hello", |b| {
+        b.iter(|| portcullis::tls_hello::parse_client_hello(black_box(&hello)).is_ok())
+    });
+}
+
+criterion_group!(benches, decide, authority, client_hello);
 criterion_main!(benches);

@@ -3,12 +3,16 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender, TryRecvError, TrySendError};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::config::LogFormat;
+
+/// How long the writer sleeps when the queue is empty (the most a record waits).
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Records queued before new ones are dropped (counted as a warning).
 const QUEUE_DEPTH: usize = 65536;
@@ -60,13 +64,22 @@ impl AccessLog {
             .spawn(move || {
                 let stdout = std::io::stdout();
                 let mut out = std::io::BufWriter::new(stdout.lock());
-                while let Ok(rec) = rx.recv() {
-                    let mut next = Some(rec);
-                    while let Some(r) = next {
-                        let _ = write_record(&mut out, &r, format);
-                        next = rx.try_recv().ok();
+                // Polls instead of blocking in recv(): a parked receiver makes
+                // every connection's send pay a futex wake-up.
+                loop {
+                    match rx.try_recv() {
+                        Ok(r) => {
+                            let _ = write_record(&mut out, &r, format);
+                        }
+                        Err(TryRecvError::Empty) => {
+                            let _ = out.flush();
+                            std::thread::sleep(POLL_INTERVAL);
+                        }
+                        Err(TryRecvError::Disconnected) => {
+                            let _ = out.flush();
+                            return;
+                        }
                     }
-                    let _ = out.flush();
                 }
             });
         if let Err(e) = spawned {

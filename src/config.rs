@@ -33,6 +33,11 @@ pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 900;
 pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 30;
 /// Default SNI listener destination port.
 pub const DEFAULT_SNI_PORT: u16 = 443;
+/// Longest duration any key accepts (100 years): far beyond any useful
+/// timeout, far below what overflows `Instant + Duration`.
+pub const MAX_DURATION_S: u64 = 100 * 365 * 24 * 3600;
+/// Largest `limits.max_connections` (what a tokio semaphore can hold).
+pub const MAX_MAX_CONNECTIONS: usize = tokio::sync::Semaphore::MAX_PERMITS;
 
 /// The `deny_cidrs = ["default"]` set: loopback, RFC 1918, CGNAT, link-local
 /// (incl. 169.254.169.254), ULA, multicast, unspecified and other
@@ -429,8 +434,7 @@ impl Validator<'_> {
         let ns: Vec<String> = self.get(tree, "dns", "nameservers", Vec::new());
         let dns_nameservers = self.addrs("dns", "nameservers", &ns);
         let dns_timeout = self.millis(tree, "dns", "timeout_ms", DEFAULT_DNS_TIMEOUT_MS);
-        let dns_max_ttl =
-            Duration::from_secs(self.get(tree, "dns", "max_ttl_s", DEFAULT_DNS_MAX_TTL_S));
+        let dns_max_ttl = self.bounded_secs(tree, "dns", "max_ttl_s", DEFAULT_DNS_MAX_TTL_S);
         let connect_timeout = self.millis(
             tree,
             "upstream",
@@ -457,6 +461,16 @@ impl Validator<'_> {
                 "`limits.max_connections` must be at least 1".into(),
             );
         }
+        // The limit sizes a tokio semaphore, whose constructor panics above
+        // MAX_PERMITS: refuse such a value here, with its line, rather than
+        // crash at start-up (found by tests/adversarial.rs).
+        if max_connections > MAX_MAX_CONNECTIONS {
+            self.problem(
+                "limits",
+                "max_connections",
+                format!("`limits.max_connections` must be at most {MAX_MAX_CONNECTIONS}"),
+            );
+        }
         let handshake_timeout = self.millis(
             tree,
             "limits",
@@ -464,12 +478,8 @@ impl Validator<'_> {
             DEFAULT_HANDSHAKE_TIMEOUT_MS,
         );
         let idle_timeout = self.secs(tree, "limits", "idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S);
-        let shutdown_grace = Duration::from_secs(self.get(
-            tree,
-            "limits",
-            "shutdown_grace_s",
-            DEFAULT_SHUTDOWN_GRACE_S,
-        ));
+        let shutdown_grace =
+            self.bounded_secs(tree, "limits", "shutdown_grace_s", DEFAULT_SHUTDOWN_GRACE_S);
         let pac_proxy: Vec<String> =
             self.get(tree, "pac", "proxy", vec![DEFAULT_PROXY_LISTEN.to_owned()]);
         for p in &pac_proxy {
@@ -561,7 +571,34 @@ impl Validator<'_> {
                 format!("`{section}.{key}` must be greater than 0"),
             );
         }
+        self.check_max(section, key, v, MAX_DURATION_S.saturating_mul(1000));
         Duration::from_millis(v)
+    }
+
+    /// A duration in seconds where 0 is allowed, bounded like the others.
+    fn bounded_secs(
+        &mut self,
+        tree: &serde_json::Value,
+        section: &str,
+        key: &str,
+        default: u64,
+    ) -> Duration {
+        let v: u64 = self.get(tree, section, key, default);
+        self.check_max(section, key, v, MAX_DURATION_S);
+        Duration::from_secs(v)
+    }
+
+    /// Deadlines are computed as `now + duration`, which panics when the sum
+    /// overflows the clock (`idle_timeout_s = 9223372036854775807` did, found
+    /// by tests/adversarial.rs): a value over `max` is refused at load time.
+    fn check_max(&mut self, section: &str, key: &str, v: u64, max: u64) {
+        if v > max {
+            self.problem(
+                section,
+                key,
+                format!("`{section}.{key}` must be at most {max} (100 years)"),
+            );
+        }
     }
 
     fn secs(
@@ -579,6 +616,7 @@ impl Validator<'_> {
                 format!("`{section}.{key}` must be greater than 0"),
             );
         }
+        self.check_max(section, key, v, MAX_DURATION_S);
         Duration::from_secs(v)
     }
 

@@ -59,6 +59,18 @@ pub async fn dial(
     addrs: &[SocketAddr],
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), DialError> {
+    if let [addr] = addrs {
+        // One address: nothing to race, so no task to spawn.
+        return match tokio::time::timeout(timeout, TcpStream::connect(*addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok((stream, *addr))
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err(DialError::Refused),
+            Ok(Err(_)) => Err(DialError::Unreachable),
+            Err(_) => Err(DialError::Timeout),
+        };
+    }
     let deadline = Instant::now() + timeout;
     let mut attempts: JoinSet<(SocketAddr, io::Result<TcpStream>)> = JoinSet::new();
     let mut next = 0;

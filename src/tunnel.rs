@@ -18,6 +18,8 @@ use crate::tls_hello::{parse_client_hello, HelloError, MAX_HELLO_BYTES};
 
 /// Copy buffer per direction (portable path only).
 const BUF_SIZE: usize = 16 * 1024;
+/// Most bytes appended per read while a ClientHello or request head is buffered.
+const READ_STEP: usize = 4096;
 
 /// How a tunnel should run.
 #[derive(Debug, Clone)]
@@ -98,7 +100,9 @@ pub async fn run(
     let mut tls_failure = None;
 
     let upward = async {
-        let (first, failure) = inspect(client, prefix, params).await?;
+        // Boxed: the inspection state is needed only at the start, so an
+        // established tunnel does not carry it.
+        let (first, failure) = Box::pin(inspect(client, prefix, params)).await?;
         if let Some(f) = failure {
             tls_failure = Some(f);
             if !params.report_only {
@@ -218,16 +222,16 @@ async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads whatever is available from a shared socket reference (0 = EOF).
-async fn read_some(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        src.readable().await?;
-        match src.try_read(buf) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
+/// Appends what the socket has ready to `buf` (at most up to `cap` bytes in
+/// all) without a separate read buffer; `Ok(0)` is EOF. Never awaits, so the
+/// caller's buffer is never left extended across a suspension.
+pub fn read_into_tail(src: &TcpStream, buf: &mut Vec<u8>, cap: usize) -> io::Result<usize> {
+    let len = buf.len();
+    let want = cap.saturating_sub(len).min(READ_STEP);
+    buf.resize(len + want, 0);
+    let res = src.try_read(&mut buf[len..]);
+    buf.truncate(len + *res.as_ref().unwrap_or(&0));
+    res
 }
 
 /// Applies the rule's `tls` check to the first client bytes. Returns the
@@ -269,15 +273,18 @@ async fn inspect(
         if buf.len() >= MAX_HELLO_BYTES {
             return Ok((buf, Some("ClientHello too large")));
         }
-        let mut chunk = [0u8; 4096];
-        let want = (MAX_HELLO_BYTES - buf.len()).min(chunk.len());
-        let read = read_some(r, &mut chunk[..want]);
-        let n = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, read).await {
-                Ok(n) => n?,
+        let ready = r.readable();
+        match deadline {
+            Some(d) => match tokio::time::timeout_at(d, ready).await {
+                Ok(res) => res?,
                 Err(_) => return Ok((buf, Some("no complete ClientHello in time"))),
             },
-            None => read.await?,
+            None => ready.await?,
+        }
+        let n = match read_into_tail(r, &mut buf, MAX_HELLO_BYTES) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
         };
         if n == 0 {
             if buf.is_empty() {
@@ -292,7 +299,6 @@ async fn inspect(
             }
             return Ok((buf, Some("connection closed inside the ClientHello")));
         }
-        buf.extend_from_slice(&chunk[..n]);
         deadline.get_or_insert_with(|| Instant::now() + params.hello_timeout);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -137,6 +137,15 @@ async fn forward(
         None => (Decision::Allow.as_str(), Reason::Ok.as_str()),
     };
     let stop = shared.stop_tunnels.clone();
+    // `limits.idle_timeout_s` applies here as to tunnels: an upstream that
+    // accepts and then sends nothing (no response head, or a stalled body)
+    // while nothing is sent to it either would otherwise hold this request,
+    // its client connection and its `max_connections` slot forever (found by
+    // tests/faults.rs). The watchdog ends the upstream connection once no
+    // byte moved either way for a whole idle period; `idled` tells the
+    // waiting request why, so it answers 504.
+    let idled = Arc::new(AtomicBool::new(false));
+    let idle_watch = idle_watchdog(counters.clone(), shared.config.idle_timeout, idled.clone());
     shared.tasks.spawn(async move {
         let gauge = log_shared
             .metrics
@@ -146,6 +155,7 @@ async fn forward(
         tokio::select! {
             _ = conn => {}
             _ = stop.cancelled() => {}
+            _ = idle_watch => {}
         }
         gauge.dec();
         done.bytes_up = counters.written.load(Ordering::Relaxed);
@@ -166,10 +176,35 @@ async fn forward(
     let resp = sender
         .send_request(Request::from_parts(parts, body))
         .await
-        .map_err(|_| GateError::DestinationUnavailable(target.to_string()))?;
+        .map_err(|_| {
+            if idled.load(Ordering::Relaxed) {
+                // No Proxy-Status type for "no response in time" exists in
+                // error.rs yet; 504 connection_timeout is the closest.
+                GateError::ConnectTimeout(target.to_string())
+            } else {
+                GateError::DestinationUnavailable(target.to_string())
+            }
+        })?;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// Resolves once `counters` have not moved for a whole `idle` period
+/// (checked every `idle`, so after between one and two periods of silence),
+/// setting `idled` first.
+async fn idle_watchdog(counters: Arc<Counters>, idle: std::time::Duration, idled: Arc<AtomicBool>) {
+    let moved = || counters.read.load(Ordering::Relaxed) + counters.written.load(Ordering::Relaxed);
+    let mut last = moved();
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = moved();
+        if now == last {
+            idled.store(true, Ordering::Relaxed);
+            return;
+        }
+        last = now;
+    }
 }
 
 /// Removes hop-by-hop fields, including those the Connection field names.

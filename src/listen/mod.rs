@@ -158,3 +158,50 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod future_size {
+    //! An open tunnel's memory is mostly its task's future: these bounds keep
+    //! a stray stack buffer from creeping back into it (it once held 11 KiB).
+
+    #[tokio::test]
+    async fn an_established_tunnel_keeps_a_small_future() {
+        let mut cfg = crate::config::Config::load_from(None, Some(Default::default())).unwrap();
+        cfg.proxy_listen = vec![];
+        cfg.admin_listen = None;
+        let (log, _rx) = crate::access_log::AccessLog::collector();
+        let running = crate::app::start(cfg, crate::policy::Policy::builtin(), log)
+            .await
+            .unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(a).await.unwrap();
+        let (accepted, peer) = l.accept().await.unwrap();
+        let permit = running
+            .shared
+            .connections
+            .clone()
+            .try_acquire_owned()
+            .unwrap();
+        let serve = super::connect::serve(running.shared.clone(), accepted, peer, permit);
+        let params = crate::tunnel::TunnelParams {
+            tls: crate::policy::TlsMode::Required,
+            host: String::new(),
+            report_only: false,
+            hello_timeout: std::time::Duration::from_secs(1),
+            idle_timeout: std::time::Duration::from_secs(1),
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tunnel = crate::tunnel::run(&client, &client, Vec::new(), &params, &stop);
+        assert!(
+            std::mem::size_of_val(&tunnel) < 4096,
+            "{}",
+            std::mem::size_of_val(&tunnel)
+        );
+        assert!(
+            std::mem::size_of_val(&serve) < 8192,
+            "{}",
+            std::mem::size_of_val(&serve)
+        );
+    }
+}

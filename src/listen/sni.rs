@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use socket2::SockRef;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -189,18 +188,21 @@ async fn read_hello(
 ) -> Result<(Vec<u8>, ClientHello), HelloFailure> {
     let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
     let mut buf = Vec::with_capacity(2048);
-    let mut chunk = [0u8; 4096];
     loop {
-        let want = (MAX_HELLO_BYTES - buf.len()).min(chunk.len());
-        if want == 0 {
+        if buf.len() >= MAX_HELLO_BYTES {
             return Err(HelloFailure::Bad);
         }
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk[..want])).await {
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
             Err(_) => return Err(HelloFailure::Timeout),
-            Ok(Err(_)) | Ok(Ok(0)) => return Err(HelloFailure::Closed),
-            Ok(Ok(n)) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
+            Ok(Err(_)) => return Err(HelloFailure::Closed),
+            Ok(Ok(())) => {}
+        }
+        match crate::tunnel::read_into_tail(stream, &mut buf, MAX_HELLO_BYTES) {
+            Ok(0) => return Err(HelloFailure::Closed),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Err(HelloFailure::Closed),
+        }
         match parse_client_hello(&buf) {
             Ok(hello) => return Ok((buf, hello)),
             Err(HelloError::Incomplete) => {}

@@ -951,3 +951,520 @@ pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// Added for the adversarial, fault and resource suites (tests/adversarial.rs,
+// tests/faults.rs, tests/resources.rs).
+// ---------------------------------------------------------------------------
+
+/// Raises this process's `RLIMIT_NOFILE` soft limit to at least `want`
+/// (raising the hard limit too when allowed, e.g. as root). Returns the soft
+/// limit in force afterwards; the caller decides what to do if it is lower.
+/// Child processes inherit it.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
+pub fn raise_fd_limit(want: u64) -> u64 {
+    // SAFETY: getrlimit/setrlimit only read/write the struct passed by pointer.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur >= want as libc::rlim_t {
+            return lim.rlim_cur as u64;
+        }
+        if lim.rlim_max < want as libc::rlim_t {
+            let raised = libc::rlimit {
+                rlim_cur: want as libc::rlim_t,
+                rlim_max: want as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return want;
+            }
+        }
+        let soft = lim.rlim_max.min(want as libc::rlim_t);
+        let raised = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            soft as u64
+        } else {
+            lim.rlim_cur as u64
+        }
+    }
+}
+
+/// Makes the next close of `s` send a RST instead of a FIN (SO_LINGER 0).
+pub fn set_linger_zero(s: &TcpStream) {
+    socket2::SockRef::from(s)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0");
+}
+
+/// A ClientHello record from a real rustls client for `name` (SNI sent).
+pub async fn client_hello_record(cfg: Arc<rustls::ClientConfig>, name: &str) -> Vec<u8> {
+    let (client, mut server) = tokio::io::duplex(1 << 16);
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let hs = tokio::spawn(async move {
+        let _ = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, client)
+            .await;
+    });
+    let rec = within("a ClientHello from rustls", async {
+        let mut head = [0u8; 5];
+        server.read_exact(&mut head).await.unwrap();
+        let len = u16::from_be_bytes([head[3], head[4]]) as usize;
+        let mut rec = head.to_vec();
+        rec.resize(5 + len, 0);
+        server.read_exact(&mut rec[5..]).await.unwrap();
+        rec
+    })
+    .await;
+    hs.abort();
+    assert_eq!(rec[0], 0x16, "a handshake record");
+    rec
+}
+
+/// How a [`ScriptedDns`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DnsMode {
+    /// Relays queries (UDP and TCP) to the inner [`DnsServer`].
+    Forward = 0,
+    /// Receives queries and never answers (UDP dropped, TCP held open).
+    Silent = 1,
+    /// UDP: an empty answer with the TC bit set; TCP: relayed to the inner
+    /// server, so a resolver that falls back to TCP gets the real answer.
+    Truncate = 2,
+    /// Random bytes (random ID) on UDP and TCP.
+    Garbage = 3,
+    /// A header with the query's ID and QR set, then random bytes.
+    GarbageSameId = 4,
+}
+
+/// A DNS front on 127.0.0.1 (UDP and TCP, same port) whose behaviour can be
+/// switched while it runs; the real answers come from an inner [`DnsServer`].
+pub struct ScriptedDns {
+    /// Address to put in `cfg.dns_nameservers`.
+    pub addr: SocketAddr,
+    /// The server that holds the records ([`DnsServer::set`]).
+    pub inner: DnsServer,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    /// UDP datagrams received.
+    pub udp_queries: Arc<AtomicU64>,
+    /// TCP connections accepted.
+    pub tcp_connections: Arc<AtomicU64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for ScriptedDns {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The end of the question section of a DNS message (header + one question).
+fn dns_question_end(q: &[u8]) -> Option<usize> {
+    let mut i = 12;
+    loop {
+        let len = *q.get(i)? as usize;
+        if len == 0 {
+            i += 1;
+            break;
+        }
+        if len & 0xc0 != 0 {
+            i += 2;
+            break;
+        }
+        i += 1 + len;
+    }
+    (i + 4 <= q.len()).then_some(i + 4)
+}
+
+impl ScriptedDns {
+    /// Starts in `mode`.
+    pub async fn start(mode: DnsMode) -> ScriptedDns {
+        let inner = DnsServer::start().await;
+        let (udp, tcp) = bind_udp_tcp_pair().await;
+        let addr = udp.local_addr().unwrap();
+        let udp = Arc::new(udp);
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(mode as u8));
+        let udp_queries = Arc::new(AtomicU64::new(0));
+        let tcp_connections = Arc::new(AtomicU64::new(0));
+        let inner_addr = inner.addr;
+        let seed = Arc::new(AtomicU32::new(1));
+
+        let (m, n, s) = (mode.clone(), udp_queries.clone(), seed.clone());
+        let udp_task = tokio::spawn(async move {
+            let mut relays = tokio::task::JoinSet::new();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (len, peer) = tokio::select! {
+                    r = udp.recv_from(&mut buf) => match r {
+                        Ok(x) => x,
+                        Err(_) => continue,
+                    },
+                    Some(_) = relays.join_next(), if !relays.is_empty() => continue,
+                };
+                n.fetch_add(1, Ordering::SeqCst);
+                let q = buf[..len].to_vec();
+                if q.len() < 12 {
+                    continue;
+                }
+                match m.load(Ordering::SeqCst) {
+                    0 => {
+                        let front = udp.clone();
+                        relays.spawn(async move {
+                            let Ok(sock) = UdpSocket::bind("127.0.0.1:0").await else {
+                                return;
+                            };
+                            if sock.send_to(&q, inner_addr).await.is_err() {
+                                return;
+                            }
+                            let mut r = vec![0u8; 4096];
+                            if let Ok(Ok(n)) = tokio::time::timeout(WAIT, sock.recv(&mut r)).await {
+                                let _ = front.send_to(&r[..n], peer).await;
+                            }
+                        });
+                    }
+                    1 => {}
+                    2 => {
+                        let Some(end) = dns_question_end(&q) else {
+                            continue;
+                        };
+                        let mut r = q[..end].to_vec();
+                        // QR=1, keep opcode and RD, TC=1; RA=1, RCODE=0.
+                        r[2] = 0x80 | (q[2] & 0x79) | 0x02;
+                        r[3] = 0x80;
+                        r[4..6].copy_from_slice(&[0, 1]);
+                        r[6..12].copy_from_slice(&[0; 6]);
+                        let _ = udp.send_to(&r, peer).await;
+                    }
+                    3 => {
+                        let k = s.fetch_add(1, Ordering::SeqCst);
+                        let g = pattern(12 + (k as usize * 37) % 500, k);
+                        let _ = udp.send_to(&g, peer).await;
+                    }
+                    _ => {
+                        let k = s.fetch_add(1, Ordering::SeqCst);
+                        let mut g = pattern(12 + (k as usize * 37) % 500, k);
+                        g[0] = q[0];
+                        g[1] = q[1];
+                        g[2] |= 0x80;
+                        let _ = udp.send_to(&g, peer).await;
+                    }
+                }
+            }
+        });
+
+        let (m, n, s) = (mode.clone(), tcp_connections.clone(), seed);
+        let tcp_task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let mut c = tokio::select! {
+                    a = tcp.accept() => match a {
+                        Ok((c, _)) => c,
+                        Err(_) => continue,
+                    },
+                    Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+                };
+                n.fetch_add(1, Ordering::SeqCst);
+                let mode = m.load(Ordering::SeqCst);
+                let k = s.fetch_add(1, Ordering::SeqCst);
+                conns.spawn(async move {
+                    match mode {
+                        0 | 2 => {
+                            if let Ok(mut up) = TcpStream::connect(inner_addr).await {
+                                let _ = tokio::io::copy_bidirectional(&mut c, &mut up).await;
+                            }
+                        }
+                        1 => {
+                            let mut sink = [0u8; 1024];
+                            while let Ok(n) = c.read(&mut sink).await {
+                                if n == 0 {
+                                    break;
+                                }
+                            }
+                        }
+                        _ => {
+                            let _ = c.write_all(&pattern(600, k)).await;
+                            let _ = c.shutdown().await;
+                        }
+                    }
+                });
+            }
+        });
+        ScriptedDns {
+            addr,
+            inner,
+            mode,
+            udp_queries,
+            tcp_connections,
+            tasks: vec![udp_task, tcp_task],
+        }
+    }
+
+    /// Switches how it answers from now on.
+    pub fn set_mode(&self, mode: DnsMode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The real binary
+// ---------------------------------------------------------------------------
+
+/// A scratch directory under the target dir, removed on drop.
+pub struct ScratchDir(pub std::path::PathBuf);
+
+impl ScratchDir {
+    /// A fresh, empty directory tagged `tag`.
+    pub fn new(tag: &str) -> ScratchDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        ScratchDir(p)
+    }
+
+    /// Writes `name` in the directory; returns its path.
+    pub fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A config for the real binary: loopback listeners on port 0, `dns` as the
+/// nameserver, `policy.toml` next to the config, JSON logs. `extra` is
+/// appended inside `[limits]` (e.g. `"max_connections = 50\n"`), and
+/// `allow_loopback` adds the 127/8 exception to `deny_cidrs`.
+pub fn bin_config(dns: SocketAddr, allow_loopback: bool, limits: &str) -> String {
+    let allow = if allow_loopback {
+        "allow_cidrs = [\"127.0.0.0/8\"]\n"
+    } else {
+        ""
+    };
+    format!(
+        "policy = \"policy.toml\"\n\
+         [proxy]\nlisten = [\"127.0.0.1:0\"]\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [dns]\nnameservers = [\"{dns}\"]\ntimeout_ms = 2000\n\
+         [upstream]\n{allow}connect_timeout_ms = 2000\n\
+         [limits]\n{limits}\
+         [log]\nformat = \"json\"\nlevel = \"info\"\n"
+    )
+}
+
+/// `portcullis run` as a child process (optionally behind a wrapper such as
+/// `prlimit --nofile=64:64 --`, which execs it, so the pid is the proxy's).
+/// Its stderr and stdout are collected line by line; killed on drop.
+pub struct BinProxy {
+    /// The child (the proxy itself).
+    pub child: std::process::Child,
+    /// Explicit proxy listener.
+    pub proxy: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    _dir: ScratchDir,
+}
+
+fn collect_lines(
+    r: impl io::Read + Send + 'static,
+    tx: Option<mpsc::UnboundedSender<String>>,
+) -> Arc<Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in io::BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if let Some(tx) = &tx {
+                let _ = tx.send(line.clone());
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+impl BinProxy {
+    /// Writes `config` and `policy` (as `policy.toml`) to a scratch dir and
+    /// starts `[wrapper..] portcullis -c config run`; waits (bounded) for the
+    /// proxy and admin "listening" lines.
+    pub async fn spawn(tag: &str, config: &str, policy: &str, wrapper: &[&str]) -> BinProxy {
+        Self::spawn_env(tag, config, policy, wrapper, &[]).await
+    }
+
+    /// [`BinProxy::spawn`] with extra environment variables for the child.
+    pub async fn spawn_env(
+        tag: &str,
+        config: &str,
+        policy: &str,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> BinProxy {
+        use std::process::{Command, Stdio};
+        let dir = ScratchDir::new(tag);
+        dir.write("policy.toml", policy);
+        let cfg = dir.write("portcullis.toml", config);
+        let bin = env!("CARGO_BIN_EXE_portcullis");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("PORTCULLIS") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(["-c", cfg.to_str().unwrap(), "run"])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning portcullis");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stdout = collect_lines(child.stdout.take().unwrap(), None);
+        let stderr = collect_lines(child.stderr.take().unwrap(), Some(tx));
+        let (mut proxy, mut admin) = (None, None);
+        let found = tokio::time::timeout(WAIT, async {
+            while proxy.is_none() || admin.is_none() {
+                let Some(line) = rx.recv().await else {
+                    return false;
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if v["message"] != "listening" {
+                    continue;
+                }
+                let addr: Option<SocketAddr> = v["addr"].as_str().and_then(|a| a.parse().ok());
+                match v["listener"].as_str() {
+                    Some("proxy") => proxy = proxy.or(addr),
+                    Some("admin") => admin = admin.or(addr),
+                    _ => {}
+                }
+            }
+            true
+        })
+        .await;
+        let mut p = BinProxy {
+            child,
+            proxy: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            stderr,
+            stdout,
+            _dir: dir,
+        };
+        if found != Ok(true) {
+            let status = p.child.try_wait().ok().flatten();
+            panic!(
+                "portcullis did not announce its listeners (exit status {status:?}):\n{}",
+                p.stderr_lines().join("\n")
+            );
+        }
+        p.proxy = proxy.unwrap();
+        p.admin = admin.unwrap();
+        p
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the process has not exited.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Diagnostic lines so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Access-log lines so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Resident set size in KiB (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        proc_rss_kib(self.pid())
+    }
+
+    /// Open file descriptors (`/proc/<pid>/fd` entries).
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// `GET /metrics` from the admin listener.
+    pub async fn metrics(&self) -> String {
+        let mut s = dial(self.admin).await;
+        within("GET /metrics", async {
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw).await.unwrap();
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            assert!(text.starts_with("HTTP/1.1 200"), "GET /metrics: {text}");
+            text.split_once("\r\n\r\n").unwrap().1.to_owned()
+        })
+        .await
+    }
+}
+
+impl Drop for BinProxy {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `VmRSS` of a process, in KiB.
+pub fn proc_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/pid/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/pid/status")
+}
+
+/// Runs `per_conn` for every connection `listener` accepts (the public form
+/// of the helper behind [`echo`], [`banner`] and [`Sink`]).
+pub fn serve_each_pub<F, Fut>(listener: TcpListener, per_conn: F) -> Upstream
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    serve_each(listener, per_conn)
+}

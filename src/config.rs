@@ -772,11 +772,9 @@ mod tests {
     use std::io::Write;
 
     fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-cfg-{}-{}",
-            std::process::id(),
-            text.len()
-        ));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("portcullis-cfg-{}-{n}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join(format!("c{}.toml", env.len()));
         let mut f = std::fs::File::create(&path).unwrap();
@@ -785,7 +783,9 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Config::load_from(Some(&path), Some(env))
+        let loaded = Config::load_from(Some(&path), Some(env));
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded
     }
 
     #[test]

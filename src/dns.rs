@@ -5,8 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::config::LookupIpStrategy;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{LookupIpStrategy, ResolveHosts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::TokioResolver;
@@ -107,6 +107,11 @@ impl Dns {
         o.cache_size = opts.cache_size;
         o.ip_strategy = opts.ip_strategy;
         o.ndots = opts.ndots;
+        if !nameservers.is_empty() {
+            // Explicit servers are the whole truth: no /etc/hosts lookup per
+            // connection (it also showed in the setup-path profile).
+            o.use_hosts_file = ResolveHosts::Never;
+        }
         Ok(Dns {
             resolver: builder.build()?,
             timeout,

@@ -2,7 +2,11 @@
 //! system's), a lookup timeout, and answers reused no longer than their TTL
 //! capped at `dns.max_ttl_s`. Errors are classified for `Proxy-Status`.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -52,7 +56,20 @@ impl LookupError {
 pub struct Dns {
     resolver: TokioResolver,
     timeout: Duration,
+    /// Positive answers until their (capped) TTL expires: read without a lock
+    /// on every connection, rebuilt copy-on-write only when a lookup misses.
+    answers: Arc<ArcSwap<HashMap<String, Answer>>>,
 }
+
+/// A cached positive answer.
+#[derive(Clone)]
+struct Answer {
+    ips: Arc<[IpAddr]>,
+    valid_until: std::time::Instant,
+}
+
+/// Names kept in the front cache before expired entries are swept.
+const FRONT_CACHE_MAX: usize = 4096;
 
 impl Dns {
     /// Builds the resolver: `nameservers` (UDP with TCP fallback) or, if
@@ -115,25 +132,53 @@ impl Dns {
         Ok(Dns {
             resolver: builder.build()?,
             timeout,
+            answers: Arc::new(ArcSwap::from_pointee(HashMap::new())),
         })
     }
 
     /// Resolves `host` (a normalised name, no trailing dot) to its addresses.
-    pub async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
+    pub async fn resolve(&self, host: &str) -> Result<Arc<[IpAddr]>, LookupError> {
+        if let Some(a) = self.answers.load().get(host) {
+            if a.valid_until > std::time::Instant::now() {
+                return Ok(a.ips.clone());
+            }
+        }
         // The trailing dot makes the name absolute: no search-domain expansion.
         let fqdn = format!("{host}.");
         match tokio::time::timeout(self.timeout, self.resolver.lookup_ip(fqdn)).await {
             Err(_) => Err(LookupError::Timeout),
             Ok(Ok(answer)) => {
-                let ips: Vec<IpAddr> = answer.iter().collect();
+                let ips: Arc<[IpAddr]> = answer.iter().collect();
                 if ips.is_empty() {
-                    Err(LookupError::NoAddresses)
-                } else {
-                    Ok(ips)
+                    return Err(LookupError::NoAddresses);
                 }
+                // hickory's expiry already honours the record TTL and `max_ttl_s`.
+                self.remember(host, ips.clone(), answer.valid_until());
+                Ok(ips)
             }
             Ok(Err(e)) => Err(classify(&e)),
         }
+    }
+
+    fn remember(&self, host: &str, ips: Arc<[IpAddr]>, valid_until: std::time::Instant) {
+        self.answers.rcu(|old| {
+            let now = std::time::Instant::now();
+            // Full: sweep expired entries first; still full: don't add.
+            let sweep = old.len() >= FRONT_CACHE_MAX;
+            let mut map: HashMap<String, Answer> = old
+                .iter()
+                .filter(|(_, a)| !sweep || a.valid_until > now)
+                .map(|(k, a)| (k.clone(), a.clone()))
+                .collect();
+            if map.len() < FRONT_CACHE_MAX {
+                let answer = Answer {
+                    ips: ips.clone(),
+                    valid_until,
+                };
+                map.insert(host.to_owned(), answer);
+            }
+            map
+        });
     }
 }
 

@@ -3,6 +3,7 @@
 //! report refusals their own way.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
@@ -41,7 +42,7 @@ pub struct Opened {
     /// The address that answered.
     pub upstream: SocketAddr,
     /// Every address the name resolved to (before the address check).
-    pub resolved: Vec<IpAddr>,
+    pub resolved: Arc<[IpAddr]>,
 }
 
 /// Whether resolved addresses go through `upstream.deny_cidrs`.
@@ -85,7 +86,7 @@ pub async fn connect_with(
     check: AddressCheck,
 ) -> Result<Opened, GateError> {
     let ips = match &target.host {
-        Host::Ip(ip) => vec![*ip],
+        Host::Ip(ip) => Arc::from([*ip]),
         Host::Name(name) => {
             let started = Instant::now();
             let res = shared.dns.resolve(name).await;
@@ -95,9 +96,7 @@ pub async fn connect_with(
             };
             shared
                 .metrics
-                .dns_duration
-                .with_label_values(&[outcome])
-                .observe(started.elapsed().as_secs_f64());
+                .observe_dns(outcome, started.elapsed().as_secs_f64());
             match res {
                 Ok(ips) => ips,
                 Err(LookupError::Timeout) => return Err(GateError::DnsTimeout(name.clone())),
@@ -126,9 +125,7 @@ pub async fn connect_with(
     };
     shared
         .metrics
-        .connect_duration
-        .with_label_values(&[outcome])
-        .observe(started.elapsed().as_secs_f64());
+        .observe_connect(outcome, started.elapsed().as_secs_f64());
     match res {
         Ok((stream, upstream)) => Ok(Opened {
             stream,

@@ -2,9 +2,13 @@
 //! registry. Label values come only from enums and rule names, never from
 //! request data.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Histogram buckets (seconds): resolve sub-millisecond cache hits and multi-second timeouts.
@@ -69,7 +73,29 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     /// `portcullis_policy_rules`
     pub policy_rules: IntGauge,
+    /// Resolved handles, so a connection never hashes these label sets.
+    handles: Arc<Handles>,
 }
+
+/// Label handles resolved once (per process, or per policy load for rules).
+struct Handles {
+    active: [IntGauge; 4],
+    dns: [Histogram; 4],
+    connect: [Histogram; 4],
+    rules: ArcSwap<HashMap<String, RuleHandles>>,
+}
+
+/// One rule's tunnel series.
+struct RuleHandles {
+    up: IntCounter,
+    down: IntCounter,
+    duration: Histogram,
+}
+
+/// Outcomes of `portcullis_dns_lookup_duration_seconds`, in handle order.
+const DNS_OUTCOMES: [&str; 4] = ["ok", "nxdomain", "timeout", "error"];
+/// Outcomes of `portcullis_upstream_connect_duration_seconds`, in handle order.
+const CONNECT_OUTCOMES: [&str; 4] = ["ok", "refused", "timeout", "error"];
 
 impl Metrics {
     /// Creates and registers every metric (plus `process_*` and build info).
@@ -139,12 +165,12 @@ impl Metrics {
         for o in ["ok", "error"] {
             policy_reloads.with_label_values(&[o]);
         }
-        for o in ["ok", "nxdomain", "timeout", "error"] {
-            dns_duration.with_label_values(&[o]);
-        }
-        for o in ["ok", "refused", "timeout", "error"] {
-            connect_duration.with_label_values(&[o]);
-        }
+        let handles = Arc::new(Handles {
+            active: Listener::ALL.map(|l| active_tunnels.with_label_values(&[l.as_str()])),
+            dns: DNS_OUTCOMES.map(|o| dns_duration.with_label_values(&[o])),
+            connect: CONNECT_OUTCOMES.map(|o| connect_duration.with_label_values(&[o])),
+            rules: ArcSwap::from_pointee(HashMap::new()),
+        });
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(active_tunnels.clone()))?;
         registry.register(Box::new(tunnel_bytes.clone()))?;
@@ -168,20 +194,69 @@ impl Metrics {
             connect_duration,
             policy_reloads,
             policy_rules,
+            handles,
         })
     }
 
     /// Makes every rule's tunnel series visible (at zero) before first use,
     /// and sets the rule-count gauge.
     pub fn init_rules<'a>(&self, rules: impl Iterator<Item = &'a str>) {
+        let mut map = HashMap::new();
         let mut n = 0;
         for rule in rules {
             n += 1;
-            self.tunnel_bytes.with_label_values(&[rule, "upstream"]);
-            self.tunnel_bytes.with_label_values(&[rule, "downstream"]);
-            self.tunnel_duration.with_label_values(&[rule]);
+            map.insert(rule.to_owned(), self.rule_handles(rule));
         }
+        map.insert("none".to_owned(), self.rule_handles("none"));
+        self.handles.rules.store(Arc::new(map));
         self.policy_rules.set(n);
+    }
+
+    fn rule_handles(&self, rule: &str) -> RuleHandles {
+        RuleHandles {
+            up: self.tunnel_bytes.with_label_values(&[rule, "upstream"]),
+            down: self.tunnel_bytes.with_label_values(&[rule, "downstream"]),
+            duration: self.tunnel_duration.with_label_values(&[rule]),
+        }
+    }
+
+    /// The open-tunnel gauge of a listener.
+    pub fn active(&self, listener: Listener) -> &IntGauge {
+        &self.handles.active[listener as usize]
+    }
+
+    /// Records a DNS lookup's latency under its outcome label.
+    pub fn observe_dns(&self, outcome: &str, seconds: f64) {
+        let i = DNS_OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(3);
+        self.handles.dns[i].observe(seconds);
+    }
+
+    /// Records an upstream connect's latency under its outcome label.
+    pub fn observe_connect(&self, outcome: &str, seconds: f64) {
+        let i = CONNECT_OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(3);
+        self.handles.connect[i].observe(seconds);
+    }
+
+    /// Counts a finished tunnel's bytes and duration under its rule.
+    pub fn record_tunnel(&self, rule: &str, up: u64, down: u64, seconds: f64) {
+        let rules = self.handles.rules.load();
+        match rules.get(rule) {
+            Some(h) => {
+                h.up.inc_by(up);
+                h.down.inc_by(down);
+                h.duration.observe(seconds);
+            }
+            // A rule from a policy that was reloaded away while the tunnel ran.
+            None => {
+                let h = self.rule_handles(rule);
+                h.up.inc_by(up);
+                h.down.inc_by(down);
+                h.duration.observe(seconds);
+            }
+        }
     }
 
     /// Counts one finished connection.

@@ -138,10 +138,7 @@ pub async fn serve(
     // rather than held for the tunnel's lifetime.
     let prefix = head.buf[head.len..].to_vec();
     drop(head);
-    let gauge = shared
-        .metrics
-        .active_tunnels
-        .with_label_values(&[Listener::Connect.as_str()]);
+    let gauge = shared.metrics.active(Listener::Connect).clone();
     gauge.inc();
     let out = tunnel::run(
         &stream,

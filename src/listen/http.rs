@@ -147,10 +147,7 @@ async fn forward(
     let idled = Arc::new(AtomicBool::new(false));
     let idle_watch = idle_watchdog(counters.clone(), shared.config.idle_timeout, idled.clone());
     shared.tasks.spawn(async move {
-        let gauge = log_shared
-            .metrics
-            .active_tunnels
-            .with_label_values(&[Listener::Http.as_str()]);
+        let gauge = log_shared.metrics.active(Listener::Http).clone();
         gauge.inc();
         tokio::select! {
             _ = conn => {}
@@ -160,17 +157,12 @@ async fn forward(
         gauge.dec();
         done.bytes_up = counters.written.load(Ordering::Relaxed);
         done.bytes_down = counters.read.load(Ordering::Relaxed);
-        let rule = done.rule.clone();
-        let m = &log_shared.metrics;
-        m.tunnel_bytes
-            .with_label_values(&[&rule, "upstream"])
-            .inc_by(done.bytes_up);
-        m.tunnel_bytes
-            .with_label_values(&[&rule, "downstream"])
-            .inc_by(done.bytes_down);
-        m.tunnel_duration
-            .with_label_values(&[&rule])
-            .observe(started.elapsed().as_secs_f64());
+        log_shared.metrics.record_tunnel(
+            &done.rule,
+            done.bytes_up,
+            done.bytes_down,
+            started.elapsed().as_secs_f64(),
+        );
         super::finish(&log_shared, Listener::Http, done, started);
     });
     let resp = sender

@@ -76,10 +76,7 @@ pub async fn serve(
         hello_timeout: shared.config.handshake_timeout,
         idle_timeout: shared.config.idle_timeout,
     };
-    let gauge = shared
-        .metrics
-        .active_tunnels
-        .with_label_values(&[Listener::Inbound.as_str()]);
+    let gauge = shared.metrics.active(Listener::Inbound).clone();
     gauge.inc();
     let out = tunnel::run(
         &stream,

@@ -99,17 +99,12 @@ pub(crate) fn record_tunnel(
     out: &TunnelOutcome,
     started: Instant,
 ) {
-    let rule = verdict.rule_label();
-    let m = &shared.metrics;
-    m.tunnel_bytes
-        .with_label_values(&[rule, "upstream"])
-        .inc_by(out.bytes_up);
-    m.tunnel_bytes
-        .with_label_values(&[rule, "downstream"])
-        .inc_by(out.bytes_down);
-    m.tunnel_duration
-        .with_label_values(&[rule])
-        .observe(started.elapsed().as_secs_f64());
+    shared.metrics.record_tunnel(
+        verdict.rule_label(),
+        out.bytes_up,
+        out.bytes_down,
+        started.elapsed().as_secs_f64(),
+    );
 }
 
 /// The final `decision` and `reason` of a connection whose tunnel opened.

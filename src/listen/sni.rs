@@ -136,10 +136,7 @@ pub async fn serve(
         hello_timeout: shared.config.handshake_timeout,
         idle_timeout: shared.config.idle_timeout,
     };
-    let gauge = shared
-        .metrics
-        .active_tunnels
-        .with_label_values(&[Listener::Sni.as_str()]);
+    let gauge = shared.metrics.active(Listener::Sni).clone();
     gauge.inc();
     let out = tunnel::run(&stream, &opened.stream, buf, &params, &shared.stop_tunnels).await;
     gauge.dec();

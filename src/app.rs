@@ -3,6 +3,7 @@
 //! SIGTERM/SIGINT in phases (readiness off → stop accepting → grace → cut).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,55 @@ pub fn load_policy(config: &Config) -> Result<Policy, PolicyError> {
     match &config.policy {
         Some(path) => Policy::load(path),
         None => Ok(Policy::builtin()),
+    }
+}
+
+/// Builds the policy file anew and swaps it in; on failure the old policy
+/// stays in force. Counted in `portcullis_policy_reloads_total`.
+fn reload(shared: &Shared) -> Result<(), PolicyError> {
+    let m = &shared.metrics;
+    match load_policy(&shared.config) {
+        Ok(p) => {
+            m.init_rules(p.rules().iter().map(|r| r.name.as_str()));
+            let rules = p.rules().len();
+            shared.policy.store(Arc::new(p));
+            m.policy_reloads.with_label_values(&["ok"]).inc();
+            tracing::info!(rules, "policy reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            m.policy_reloads.with_label_values(&["error"]).inc();
+            tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
+            Err(e)
+        }
+    }
+}
+
+/// What identifies a version of the policy file: a ConfigMap update swaps a
+/// symlink, an editor rewrites in place; both change one of these.
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+/// Reloads the policy whenever its file changes (`policy_watch_s`), so a
+/// mounted ConfigMap update applies without a signal or a restart.
+async fn watch_policy(shared: Arc<Shared>, path: PathBuf, every: Duration) {
+    let mut last = file_stamp(&path);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.stop_accepting.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = file_stamp(&path);
+        if now != last {
+            last = now;
+            tracing::info!(path = %path.display(), "policy file changed");
+            let _ = reload(&shared);
+        }
     }
 }
 
@@ -109,6 +159,13 @@ pub async fn start(
         }
         None => None,
     };
+    if let (Some(path), false) = (&shared.config.policy, shared.config.policy_watch.is_zero()) {
+        tokio::spawn(watch_policy(
+            shared.clone(),
+            path.clone(),
+            shared.config.policy_watch,
+        ));
+    }
     shared.set_ready();
     Ok(Running {
         shared,
@@ -122,24 +179,7 @@ pub async fn start(
 impl Running {
     /// Re-reads the policy file; on failure the old policy stays in force.
     pub fn reload(&self) -> Result<(), PolicyError> {
-        let m = &self.shared.metrics;
-        match load_policy(&self.shared.config) {
-            Ok(p) => {
-                m.init_rules(p.rules().iter().map(|r| r.name.as_str()));
-                self.shared.policy.store(Arc::new(p));
-                m.policy_reloads.with_label_values(&["ok"]).inc();
-                tracing::info!(
-                    rules = self.shared.policy.load().rules().len(),
-                    "policy reloaded"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                m.policy_reloads.with_label_values(&["error"]).inc();
-                tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
-                Err(e)
-            }
-        }
+        reload(&self.shared)
     }
 
     /// Drains: readiness off and listeners closed, open connections get

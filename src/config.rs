@@ -119,6 +119,9 @@ pub struct Config {
     pub file: Option<PathBuf>,
     /// Policy file (resolved relative to the config file); `None` = built-in seed policy.
     pub policy: Option<PathBuf>,
+    /// Re-read the policy file when it changes, checking this often
+    /// (`policy_watch_s`; zero = only on SIGHUP). For mounted ConfigMaps.
+    pub policy_watch: Duration,
     /// Enforce or report.
     pub mode: Mode,
     /// Explicit proxy listeners.
@@ -205,8 +208,19 @@ const SCHEMA: &[(&str, &[&str])] = &[
     (
         "",
         &[
-            "policy", "mode", "proxy", "sni", "admin", "dns", "upstream", "clients", "limits",
-            "pac", "log", "inbound",
+            "policy",
+            "policy_watch_s",
+            "mode",
+            "proxy",
+            "sni",
+            "admin",
+            "dns",
+            "upstream",
+            "clients",
+            "limits",
+            "pac",
+            "log",
+            "inbound",
         ],
     ),
     ("proxy", &["listen"]),
@@ -405,6 +419,7 @@ impl Validator<'_> {
             Some(dir) if Path::new(&p).is_relative() => dir.join(p),
             _ => PathBuf::from(p),
         });
+        let policy_watch = self.bounded_secs(tree, "", "policy_watch_s", 0);
         let mode = match self.get(tree, "", "mode", "enforce".to_owned()).as_str() {
             "enforce" => Mode::Enforce,
             "report" => Mode::Report,
@@ -533,6 +548,7 @@ impl Validator<'_> {
         Config {
             file: file.map(Path::to_path_buf),
             policy,
+            policy_watch,
             mode,
             proxy_listen,
             sni_listen,
@@ -855,6 +871,13 @@ mod tests {
             err.to_string().contains("line 1") || err.to_string().contains(":1"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn policy_watch_is_off_by_default_and_read_in_seconds() {
+        assert!(load_text("", &[]).unwrap().policy_watch.is_zero());
+        let c = load_text("policy_watch_s = 10\n", &[]).unwrap();
+        assert_eq!(c.policy_watch, Duration::from_secs(10));
     }
 
     #[test]

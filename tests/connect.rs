@@ -1245,3 +1245,52 @@ async fn reload_keeps_open_tunnels_and_applies_to_new_connections() {
     let _t2 = tunnel(proxy.addr, &format!("second.test:{port}")).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `policy_watch_s`: a changed policy file is applied without SIGHUP or a
+/// restart (how a mounted Kubernetes ConfigMap update takes effect).
+#[tokio::test]
+async fn policy_watch_applies_a_changed_file_without_a_signal() {
+    let dir = std::env::temp_dir().join(format!("portcullis-it-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy_path = dir.join("policy.toml");
+    let s_dns = DnsServer::start().await;
+    let upstream = echo(bind_fresh(0).await);
+    let IpAddr::V4(ip) = upstream.addr.ip() else {
+        unreachable!()
+    };
+    let port = upstream.addr.port();
+    s_dns.set_v4("watched.test", ip).await;
+    std::fs::write(&policy_path, "").unwrap();
+    let mut cfg = config(s_dns.addr);
+    cfg.policy = Some(policy_path.clone());
+    cfg.policy_watch = std::time::Duration::from_millis(100);
+    let policy = portcullis::app::load_policy(&cfg).unwrap();
+    let proxy = Proxy::start(cfg, policy).await;
+    let target = format!("watched.test:{port}");
+    let (_, r) = connect(proxy.addr, &target).await;
+    assert_error(&r, 403, "http_request_denied");
+
+    // Written to a new file and renamed over the old one, as a ConfigMap
+    // update swaps its files.
+    let next = dir.join("policy.toml.new");
+    let rule = format!(
+        "[[rule]]\nname = \"w\"\nhosts = [\"watched.test\"]\nports = [{port}]\ntls = \"any\"\n"
+    );
+    std::fs::write(&next, rule).unwrap();
+    std::fs::rename(&next, &policy_path).unwrap();
+    let mut allowed = false;
+    for _ in 0..100 {
+        let (_, r) = connect(proxy.addr, &target).await;
+        if r.status == 200 {
+            allowed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(allowed, "the changed policy was not applied within 10 s");
+    assert_eq!(
+        proxy.metric("portcullis_policy_reloads_total", &[("outcome", "ok")]),
+        1.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

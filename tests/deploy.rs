@@ -455,6 +455,8 @@ fn kubernetes_deployment_is_highly_available_and_locked_down() {
 
 #[test]
 fn kubernetes_checksum_annotation_rolls_the_pods_on_a_config_change() {
+    // Only the config rolls the pods; policy changes are reloaded in place
+    // (policy_watch_s), so the checksum covers portcullis.toml alone.
     let Some(sha) = tool("sha256sum", "coreutils") else {
         return;
     };
@@ -463,7 +465,7 @@ fn kubernetes_checksum_annotation_rolls_the_pods_on_a_config_change() {
         .arg(deploy("kubernetes/sync-config.sh"))
         .arg("--check"));
     assert_ok("deploy/kubernetes/sync-config.sh --check", &out);
-    let out = run(Command::new(&sha).arg(deploy("kubernetes/configmap.yaml")));
+    let out = run(Command::new(&sha).arg(deploy("kubernetes/portcullis.toml")));
     assert_ok("sha256sum", &out);
     let sum = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
@@ -472,7 +474,7 @@ fn kubernetes_checksum_annotation_rolls_the_pods_on_a_config_change() {
         .to_owned();
     assert!(
         read("kubernetes/deployment.yaml").contains(&format!("checksum/config: \"{sum}\"")),
-        "the Deployment's checksum/config annotation is not the sha256 of configmap.yaml"
+        "the Deployment's checksum/config annotation is not the sha256 of portcullis.toml"
     );
 }
 

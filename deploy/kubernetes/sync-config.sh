@@ -1,9 +1,10 @@
 #!/bin/sh
 # Rebuilds configmap.yaml from portcullis.toml (beside this script) and the
 # repository's policy/helpdeskbuttons.toml, then sets the Deployment's
-# checksum/config annotation to the ConfigMap's sha256, so that
+# checksum/config annotation to the sha256 of portcullis.toml, so that
 # `kubectl apply -f deploy/kubernetes/` rolls the pods whenever the config
-# or policy changed (portcullis does not watch its files).
+# changed. Policy changes need no rollout: portcullis watches the mounted
+# policy file (policy_watch_s) and reloads it in place.
 #
 #   ./sync-config.sh          rewrite configmap.yaml and deployment.yaml
 #   ./sync-config.sh --check  exit 1 if either is out of date (CI)
@@ -30,7 +31,7 @@ indent() { sed 's/^\(.\)/    \1/' "$1"; }
   indent "$policy"
 } > "$tmp/configmap.yaml"
 
-sum=$(sha256sum "$tmp/configmap.yaml" | cut -d' ' -f1)
+sum=$(sha256sum "$here/portcullis.toml" | cut -d' ' -f1)
 grep -q '^ *checksum/config: ' "$here/deployment.yaml" || {
   echo "deployment.yaml has no checksum/config annotation" >&2
   exit 1

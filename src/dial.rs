@@ -26,6 +26,23 @@ pub enum DialError {
     /// The connect timeout expired first.
     #[error("connect timeout")]
     Timeout,
+    /// The proxy itself ran out of a resource (descriptors, ports, memory):
+    /// not the destination's fault.
+    #[error("local resource exhausted")]
+    Local,
+}
+
+/// Sorts a failed attempt's error into the answer it would give alone.
+pub fn classify(e: &io::Error) -> DialError {
+    if e.kind() == io::ErrorKind::ConnectionRefused {
+        return DialError::Refused;
+    }
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL) => {
+            DialError::Local
+        }
+        _ => DialError::Unreachable,
+    }
 }
 
 impl DialError {
@@ -34,7 +51,7 @@ impl DialError {
         match self {
             DialError::Refused => "refused",
             DialError::Timeout => "timeout",
-            DialError::Unreachable => "error",
+            DialError::Unreachable | DialError::Local => "error",
         }
     }
 }
@@ -66,8 +83,7 @@ pub async fn dial(
                 let _ = stream.set_nodelay(true);
                 Ok((stream, *addr))
             }
-            Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err(DialError::Refused),
-            Ok(Err(_)) => Err(DialError::Unreachable),
+            Ok(Err(e)) => Err(classify(&e)),
             Err(_) => Err(DialError::Timeout),
         };
     }
@@ -75,7 +91,9 @@ pub async fn dial(
     let mut attempts: JoinSet<(SocketAddr, io::Result<TcpStream>)> = JoinSet::new();
     let mut next = 0;
     let mut next_at = Instant::now();
-    let mut all_refused = true;
+    // The answer if every attempt fails: refused only if all were refused;
+    // a local resource failure outranks what the destinations said.
+    let mut worst = DialError::Refused;
     loop {
         if next < addrs.len() && (attempts.is_empty() || Instant::now() >= next_at) {
             let addr = addrs[next];
@@ -84,11 +102,7 @@ pub async fn dial(
             attempts.spawn(async move { (addr, TcpStream::connect(addr).await) });
         }
         if attempts.is_empty() {
-            return Err(if all_refused {
-                DialError::Refused
-            } else {
-                DialError::Unreachable
-            });
+            return Err(worst);
         }
         let more = next < addrs.len();
         tokio::select! {
@@ -100,13 +114,19 @@ pub async fn dial(
                 }
                 Some(Ok((addr, Err(e)))) => {
                     tracing::debug!(%addr, error = %e, "upstream attempt failed");
-                    if e.kind() != io::ErrorKind::ConnectionRefused {
-                        all_refused = false;
-                    }
+                    worst = match (worst, classify(&e)) {
+                        (DialError::Local, _) | (_, DialError::Local) => DialError::Local,
+                        (_, DialError::Refused) => worst,
+                        _ => DialError::Unreachable,
+                    };
                     // A fast failure starts the next attempt at once (RFC 8305 §5).
                     next_at = Instant::now();
                 }
-                Some(Err(_)) | None => all_refused = false,
+                Some(Err(_)) | None => {
+                    if worst == DialError::Refused {
+                        worst = DialError::Unreachable;
+                    }
+                }
             },
             _ = sleep_until(next_at), if more => {}
             _ = sleep_until(deadline) => return Err(DialError::Timeout),
@@ -117,6 +137,22 @@ pub async fn dial(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_resource_errors_are_not_blamed_on_the_destination() {
+        let e = |code| io::Error::from_raw_os_error(code);
+        assert_eq!(classify(&e(libc::ECONNREFUSED)), DialError::Refused);
+        assert_eq!(classify(&e(libc::EHOSTUNREACH)), DialError::Unreachable);
+        assert_eq!(classify(&e(libc::ENETUNREACH)), DialError::Unreachable);
+        for code in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::EADDRNOTAVAIL,
+            libc::ENOBUFS,
+        ] {
+            assert_eq!(classify(&e(code)), DialError::Local, "{code}");
+        }
+    }
 
     #[test]
     fn interleaves_families_ipv6_first() {

@@ -48,6 +48,9 @@ pub enum GateError {
     /// `limits.max_connections` reached.
     #[error("connection limit reached")]
     LimitReached,
+    /// The proxy ran out of a local resource (descriptors, ports) dialling.
+    #[error("the proxy could not open a connection to {0}: local resources exhausted")]
+    Internal(String),
     /// The rule's `tls` check failed on the first client bytes.
     #[error("TLS check failed: {0}")]
     TlsCheck(&'static str),
@@ -79,6 +82,8 @@ pub enum Reason {
     ConnectionLimitReached,
     /// `tls_protocol_error`
     TlsProtocolError,
+    /// `proxy_internal_error`
+    ProxyInternalError,
 }
 
 impl Reason {
@@ -96,6 +101,7 @@ impl Reason {
             Reason::HttpRequestError => "http_request_error",
             Reason::ConnectionLimitReached => "connection_limit_reached",
             Reason::TlsProtocolError => "tls_protocol_error",
+            Reason::ProxyInternalError => "proxy_internal_error",
         }
     }
 }
@@ -120,6 +126,7 @@ impl GateError {
             GateError::HeadTooLarge(_) => 431,
             GateError::HeadTimeout => 408,
             GateError::LimitReached => 503,
+            GateError::Internal(_) => 500,
         }
     }
 
@@ -138,6 +145,7 @@ impl GateError {
             }
             GateError::LimitReached => Reason::ConnectionLimitReached,
             GateError::TlsCheck(_) => Reason::TlsProtocolError,
+            GateError::Internal(_) => Reason::ProxyInternalError,
         }
     }
 
@@ -211,6 +219,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         200 => "Connection established",
         400 => "Bad Request",
         403 => "Forbidden",
+        500 => "Internal Server Error",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
@@ -280,6 +289,7 @@ mod tests {
             (GateError::HeadTooLarge(8192), 431, "http_request_error"),
             (GateError::HeadTimeout, 408, "http_request_error"),
             (GateError::LimitReached, 503, "connection_limit_reached"),
+            (GateError::Internal("a".into()), 500, "proxy_internal_error"),
         ];
         for (e, status, token) in table {
             assert_eq!(e.status(), status, "{e:?}");

@@ -135,5 +135,6 @@ pub async fn connect_with(
         Err(DialError::Refused) => Err(GateError::ConnectionRefused(target.to_string())),
         Err(DialError::Unreachable) => Err(GateError::DestinationUnavailable(target.to_string())),
         Err(DialError::Timeout) => Err(GateError::ConnectTimeout(target.to_string())),
+        Err(DialError::Local) => Err(GateError::Internal(target.to_string())),
     }
 }

@@ -205,6 +205,48 @@ pub(super) async fn refuse(
     .await;
 }
 
+/// A complete request head, as parsed from the start of a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedHead {
+    /// Bytes the head takes (client bytes after it belong to the tunnel).
+    pub len: usize,
+    /// Request method.
+    pub method: String,
+    /// Request target as sent.
+    pub target: String,
+}
+
+/// Parses the request head at the start of `buf` (pure; bounded by
+/// [`MAX_HEAD_BYTES`]). `Ok(None)`: a valid prefix, read more.
+pub fn parse_head(buf: &[u8]) -> Result<Option<ParsedHead>, GateError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            let method = req.method.unwrap_or_default().to_owned();
+            let target = req.path.unwrap_or_default().to_owned();
+            if method != "CONNECT" {
+                if let Some(why) = framing_error(req.headers, req.version.unwrap_or(1)) {
+                    return Err(GateError::BadRequest(why.into()));
+                }
+            }
+            Ok(Some(ParsedHead {
+                len,
+                method,
+                target,
+            }))
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            Err(GateError::HeadTooLarge(MAX_HEAD_BYTES))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(GateError::HeadTooLarge(MAX_HEAD_BYTES)),
+        Err(e) => Err(GateError::BadRequest(format!(
+            "malformed request head: {e}"
+        ))),
+    }
+}
+
 /// Reads one request head. `Ok(None)`: the client closed without sending.
 async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Result<Option<Head>, GateError> {
     let mut buf = Vec::with_capacity(1024);
@@ -228,36 +270,13 @@ async fn read_head(stream: &mut TcpStream, timeout: Duration) -> Result<Option<H
                 "connection closed inside the request head".into(),
             ));
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let method = req.method.unwrap_or_default().to_owned();
-                let target = req.path.unwrap_or_default().to_owned();
-                if method != "CONNECT" {
-                    if let Some(why) = framing_error(req.headers, req.version.unwrap_or(1)) {
-                        return Err(GateError::BadRequest(why.into()));
-                    }
-                }
-                return Ok(Some(Head {
-                    buf,
-                    len,
-                    method,
-                    target,
-                }));
-            }
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
-                return Err(GateError::HeadTooLarge(MAX_HEAD_BYTES))
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(GateError::HeadTooLarge(MAX_HEAD_BYTES))
-            }
-            Err(e) => {
-                return Err(GateError::BadRequest(format!(
-                    "malformed request head: {e}"
-                )))
-            }
+        if let Some(head) = parse_head(&buf)? {
+            return Ok(Some(Head {
+                buf,
+                len: head.len,
+                method: head.method,
+                target: head.target,
+            }));
         }
     }
 }

@@ -2,7 +2,6 @@
 //! stdout, by a dedicated thread so the tunnel never waits on the terminal.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, SyncSender, TryRecvError, TrySendError};
 use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -128,11 +127,6 @@ fn write_record(out: &mut impl Write, r: &AccessRecord, format: LogFormat) -> st
             r.original_dst.as_ref().map(|o| format!(" original_dst={o}")).unwrap_or_default()
         ),
     }
-}
-
-/// Formats a socket address for the log.
-pub fn addr(a: &SocketAddr) -> String {
-    a.to_string()
 }
 
 /// Current time as `YYYY-MM-DDTHH:MM:SS.mmmZ`.

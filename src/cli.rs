@@ -84,19 +84,12 @@ pub fn rule_table(policy: &Policy) -> String {
         .rules()
         .iter()
         .map(|r| {
-            let ports = r
-                .ports
-                .iter()
-                .map(|(a, b)| {
-                    if a == b {
-                        a.to_string()
-                    } else {
-                        format!("{a}-{b}")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(",");
-            [r.name.clone(), r.hosts.join(","), ports, r.tls.to_string()]
+            [
+                r.name.clone(),
+                r.hosts.join(","),
+                r.ports_text(),
+                r.tls.to_string(),
+            ]
         })
         .collect();
     let head = [

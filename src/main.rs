@@ -7,6 +7,9 @@ use portcullis::config::{Config, LogFormat};
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, None | Some(Command::Run)) {
+        printing_to_a_closed_pipe_ends_quietly();
+    }
     let code = match &cli.command {
         None | Some(Command::Run) => run(&cli),
         Some(Command::Check) => cli::check(&cli),
@@ -15,6 +18,18 @@ fn main() {
         Some(Command::Firewall { format }) => cli::firewall(&cli, *format),
     };
     std::process::exit(code);
+}
+
+/// The offline commands print and exit: like other Unix tools they should
+/// end quietly when their reader goes away (`portcullis check | head`)
+/// instead of panicking in `println!`. The proxy itself keeps SIGPIPE
+/// ignored, since its sockets report a closed peer as an error.
+fn printing_to_a_closed_pipe_ends_quietly() {
+    // SAFETY: restoring the default disposition of one signal, before any
+    // other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 fn run(cli: &Cli) -> i32 {

@@ -181,14 +181,8 @@ async fn dns_timeout_is_504_dns_timeout() {
     let mut cfg = config(dns.addr);
     cfg.dns_timeout = Duration::from_millis(300);
     let proxy = Proxy::start(cfg, one_rule("slow", "slow.test", 443, "any")).await;
-    let started = Instant::now();
     let (mut c, r) = connect(proxy.addr, "slow.test:443").await;
     assert_error(&r, 504, "dns_timeout");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "answered after about dns.timeout_ms: {:?}",
-        started.elapsed()
-    );
     expect_closed(&mut c).await;
     assert_eq!(
         proxy.metric(
@@ -744,24 +738,20 @@ async fn dns_answer_change_is_followed_after_its_ttl_without_restart() {
     );
 
     dns.set("moving.test", &[v4(ip_b)], 1).await;
-    let changed_at = Instant::now();
-    // Awaited condition: poll the proxy (bounded) until the new address answers.
-    let seen = within("the proxy to follow the new DNS answer", async {
+    // Awaited condition: poll the proxy (bounded, far below the 300 s
+    // `max_ttl_s`) until the new address answers.
+    within("the proxy to follow the new DNS answer", async {
         loop {
             let mut t = tunnel(proxy.addr, &authority).await;
             let got = read_all(&mut t).await;
             if got == b"B" {
-                return changed_at.elapsed();
+                return;
             }
             assert_eq!(got, b"A");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await;
-    assert!(
-        seen < Duration::from_secs(5),
-        "followed the TTL-1 change after {seen:?}"
-    );
     assert!(b.accepted.load(Ordering::SeqCst) >= 1);
 }
 
@@ -966,10 +956,6 @@ async fn idle_tunnel_is_closed_after_idle_timeout() {
     assert!(
         idle >= Duration::from_millis(800),
         "closed only after being idle: {idle:?}"
-    );
-    assert!(
-        idle < Duration::from_secs(5),
-        "closed about idle_timeout after the last byte: {idle:?}"
     );
     let rec = s.proxy.next_record();
     assert_eq!((rec.bytes_up, rec.bytes_down), (1, 1));

@@ -19,8 +19,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Upper bound for every wait.
 const WAIT: Duration = Duration::from_secs(10);
-/// "Closed at once": far below `handshake_timeout_ms` (10 s).
-const AT_ONCE: Duration = Duration::from_secs(2);
+/// Every proxy timeout in these tests: far beyond `WAIT`, so a connection
+/// closed within `WAIT` was closed at once, not by a timeout.
+const NEVER: Duration = Duration::from_secs(3600);
 
 /// The tests run one at a time: one of them measures the process's memory.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -66,6 +67,8 @@ async fn start(forward: SocketAddr, sources: &[&str]) -> (Running, Receiver<Acce
     let mut cfg = Config::load_from(None, Some(Default::default())).unwrap();
     cfg.proxy_listen = vec![];
     cfg.admin_listen = None;
+    cfg.handshake_timeout = NEVER;
+    cfg.idle_timeout = NEVER;
     cfg.inbound = vec![Inbound {
         name: "ticket-api".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -93,9 +96,9 @@ async fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
     within("connect", s.connect(to)).await.expect("connect")
 }
 
-/// Reads until EOF or a reset; fails if data arrives. Returns how long it took.
-async fn expect_closed(s: &mut TcpStream) -> Duration {
-    let start = Instant::now();
+/// Reads until EOF or a reset (within `WAIT`, far below every proxy
+/// timeout here, so: closed at once); fails if data arrives.
+async fn expect_closed(s: &mut TcpStream) {
     let mut buf = [0u8; 64];
     match within("the connection to be closed", s.read(&mut buf)).await {
         Ok(0) => {}
@@ -108,7 +111,6 @@ async fn expect_closed(s: &mut TcpStream) -> Duration {
             "unexpected error {e}"
         ),
     }
-    start.elapsed()
 }
 
 /// Value of the `portcullis_connections_total` series with these labels (0 if absent).
@@ -228,8 +230,7 @@ async fn unlisted_source_is_closed_at_once_and_nothing_reaches_upstream() {
     let _ = s
         .write_all(b"GET / HTTP/1.1\r\nHost: tickets\r\n\r\n")
         .await;
-    let took = expect_closed(&mut s).await;
-    assert!(took < AT_ONCE, "closed after {took:?}, not at once");
+    expect_closed(&mut s).await;
 
     let rec = record(&rx);
     assert_eq!(rec.listener, "inbound");
@@ -303,8 +304,7 @@ async fn scan(addr: SocketAddr, n: usize) {
             }));
         }
         for t in tasks {
-            let took = t.await.expect("scan task");
-            assert!(took < AT_ONCE, "closed after {took:?}, not at once");
+            t.await.expect("scan task");
         }
         done += batch;
     }

@@ -37,14 +37,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_server::net::runtime::TokioRuntimeProvider;
-use hickory_server::proto::rr::rdata::{A, SOA};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record};
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+#[path = "../tests/dns_zone/mod.rs"]
+mod dns_zone;
+
+use hickory_server::proto::rr::Name;
+use hickory_server::zone_handler::Catalog;
 use hickory_server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -384,50 +384,11 @@ fn command_line(cmd: &str, args: &[&str]) -> Option<String> {
 // ---------------------------------------------------------------------------
 
 /// An authoritative DNS server for the root zone: `bench.test` A 127.0.0.1.
-async fn start_dns() -> Result<(SocketAddr, Server<Catalog>), String> {
+async fn start_dns() -> (SocketAddr, Server<Catalog>) {
     let origin = Name::root();
-    let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
-        origin.clone(),
-        ZoneType::Primary,
-        AxfrPolicy::Deny,
-    );
-    let name = |s: &str| Name::from_ascii(s).map_err(|e| format!("DNS name {s}: {e}"));
-    let soa = SOA::new(
-        name("ns.test.")?,
-        name("hostmaster.test.")?,
-        1,
-        60,
-        60,
-        60,
-        60,
-    );
-    zone.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
-    zone.upsert_mut(
-        Record::from_rdata(
-            name(&format!("{HOST}."))?,
-            300,
-            RData::A(A::new(127, 0, 0, 1)),
-        ),
-        1,
-    );
-    let mut catalog = Catalog::new();
-    catalog.upsert(
-        LowerName::new(&origin),
-        vec![Arc::new(zone) as Arc<dyn ZoneHandler>],
-    );
-    let mut server = Server::new(catalog);
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| format!("DNS UDP bind: {e}"))?;
-        let addr = udp.local_addr().map_err(|e| e.to_string())?;
-        if let Ok(tcp) = TcpListener::bind(addr).await {
-            server.register_socket(udp);
-            server.register_listener(tcp, Duration::from_secs(5), 64);
-            return Ok((addr, server));
-        }
-    }
-    Err("could not bind DNS UDP and TCP on the same port".to_owned())
+    let mut zone = dns_zone::empty_zone(&origin, 60);
+    dns_zone::add_a(&mut zone, HOST, Ipv4Addr::LOCALHOST, 300);
+    dns_zone::serve(&origin, Arc::new(zone), None).await
 }
 
 /// Echoes every byte back until EOF.
@@ -1384,13 +1345,7 @@ async fn run(s: Settings, started: Instant) -> i32 {
         s.idle_tunnels = fd_room.max(10);
     }
 
-    let (dns_addr, _dns) = match start_dns().await {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("load benchmark: DNS server: {e}");
-            return 1;
-        }
-    };
+    let (dns_addr, _dns) = start_dns().await;
     let (echo_port, sink_port) = match (start_echo().await, start_sink().await) {
         (Ok(e), Ok(k)) => (e, k),
         (Err(e), _) | (_, Err(e)) => {

@@ -38,18 +38,17 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hickory_server::net::runtime::TokioRuntimeProvider;
-use hickory_server::proto::rr::rdata::{A, SOA};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record};
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+mod dns_zone;
+
+use hickory_server::proto::rr::Name;
+use hickory_server::zone_handler::Catalog;
 use hickory_server::Server;
 use portcullis::access_log::{AccessLog, AccessRecord};
 use portcullis::app::Running;
 use portcullis::config::{Config, SniListen};
 use portcullis::policy::Policy;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -79,58 +78,16 @@ impl Dns {
     /// UDP and TCP at `bind`, or on a free 127.0.0.1 port.
     async fn start(bind: Option<SocketAddr>, names: &[(&str, Ipv4Addr)]) -> Dns {
         let origin = Name::from_ascii("test.").unwrap();
-        let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
-            origin.clone(),
-            ZoneType::Primary,
-            AxfrPolicy::Deny,
-        );
-        let soa = SOA::new(
-            Name::from_ascii("ns.test.").unwrap(),
-            Name::from_ascii("hostmaster.test.").unwrap(),
-            1,
-            60,
-            60,
-            60,
-            1,
-        );
-        zone.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
+        let mut zone = dns_zone::empty_zone(&origin, 1);
         for (name, ip) in names {
-            let name = Name::from_ascii(format!("{name}.")).unwrap();
-            zone.upsert_mut(Record::from_rdata(name, 60, RData::A(A(*ip))), 1);
+            dns_zone::add_a(&mut zone, name, *ip, 60);
         }
-        let mut catalog = Catalog::new();
-        catalog.upsert(
-            LowerName::new(&origin),
-            vec![Arc::new(zone) as Arc<dyn ZoneHandler>],
-        );
-        let mut server = Server::new(catalog);
-        let (udp, tcp) = match bind {
-            Some(a) => (
-                UdpSocket::bind(a).await.expect("bind DNS/UDP"),
-                TcpListener::bind(a).await.expect("bind DNS/TCP"),
-            ),
-            None => udp_tcp_pair().await,
-        };
-        let addr = udp.local_addr().unwrap();
-        server.register_socket(udp);
-        server.register_listener(tcp, Duration::from_secs(5), 64);
+        let (addr, server) = dns_zone::serve(&origin, Arc::new(zone), bind).await;
         Dns {
             addr,
             _server: server,
         }
     }
-}
-
-/// UDP and TCP sockets on the same free 127.0.0.1 port.
-async fn udp_tcp_pair() -> (UdpSocket, TcpListener) {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)).await {
-            return (udp, tcp);
-        }
-    }
-    panic!("could not bind UDP and TCP on the same loopback port");
 }
 
 // ---------------------------------------------------------------------------

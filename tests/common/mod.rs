@@ -20,11 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hickory_server::net::runtime::TokioRuntimeProvider;
-use hickory_server::proto::rr::rdata::{A, AAAA, SOA};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordSet, RecordType, RrKey};
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+use hickory_server::proto::rr::rdata::{A, AAAA};
+use hickory_server::proto::rr::{LowerName, Name, RData, RecordSet, RecordType, RrKey};
+use hickory_server::zone_handler::Catalog;
 use hickory_server::Server;
 use portcullis::access_log::{AccessLog, AccessRecord};
 use portcullis::app::Running;
@@ -115,7 +113,10 @@ pub async fn bind_same_port(count: usize, port: u16) -> Vec<TcpListener> {
 // DNS
 // ---------------------------------------------------------------------------
 
-type Zone = InMemoryZoneHandler<TokioRuntimeProvider>;
+#[path = "../dns_zone/mod.rs"]
+mod dns_zone;
+
+use dns_zone::Zone;
 
 /// An authoritative DNS server for the whole name space (root zone) on
 /// 127.0.0.1, UDP and TCP on the same port. Unknown names are NXDOMAIN;
@@ -131,29 +132,9 @@ impl DnsServer {
     /// Starts an empty server (every name NXDOMAIN).
     pub async fn start() -> DnsServer {
         let origin = Name::root();
-        let mut zone = Zone::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
-        let soa = SOA::new(
-            Name::from_ascii("ns.test.").unwrap(),
-            Name::from_ascii("hostmaster.test.").unwrap(),
-            1,
-            60,
-            60,
-            60,
-            // Negative-answer TTL: short, so nothing sticks between steps.
-            1,
-        );
-        zone.upsert_mut(Record::from_rdata(origin.clone(), 1, RData::SOA(soa)), 1);
-        let zone = Arc::new(zone);
-        let mut catalog = Catalog::new();
-        catalog.upsert(
-            LowerName::new(&origin),
-            vec![zone.clone() as Arc<dyn ZoneHandler>],
-        );
-        let mut server = Server::new(catalog);
-        let (udp, tcp) = bind_udp_tcp_pair().await;
-        let addr = udp.local_addr().unwrap();
-        server.register_socket(udp);
-        server.register_listener(tcp, Duration::from_secs(5), 64);
+        // Negative-answer TTL 1 s: nothing sticks between a test's steps.
+        let zone = Arc::new(dns_zone::empty_zone(&origin, 1));
+        let (addr, server) = dns_zone::serve(&origin, zone.clone(), None).await;
         DnsServer {
             addr,
             zone,
@@ -208,25 +189,13 @@ pub struct SilentDns {
 impl SilentDns {
     /// Binds UDP and TCP on 127.0.0.1 and never reads from either.
     pub async fn start() -> SilentDns {
-        let (udp, tcp) = bind_udp_tcp_pair().await;
+        let (udp, tcp) = dns_zone::udp_tcp_pair().await;
         SilentDns {
             addr: udp.local_addr().unwrap(),
             _udp: udp,
             _tcp: tcp,
         }
     }
-}
-
-/// UDP and TCP sockets on the same 127.0.0.1 port.
-async fn bind_udp_tcp_pair() -> (UdpSocket, TcpListener) {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)).await {
-            return (udp, tcp);
-        }
-    }
-    panic!("could not bind UDP and TCP on the same loopback port");
 }
 
 // ---------------------------------------------------------------------------
@@ -1090,7 +1059,7 @@ impl ScriptedDns {
     /// Starts in `mode`.
     pub async fn start(mode: DnsMode) -> ScriptedDns {
         let inner = DnsServer::start().await;
-        let (udp, tcp) = bind_udp_tcp_pair().await;
+        let (udp, tcp) = dns_zone::udp_tcp_pair().await;
         let addr = udp.local_addr().unwrap();
         let udp = Arc::new(udp);
         let mode = Arc::new(std::sync::atomic::AtomicU8::new(mode as u8));

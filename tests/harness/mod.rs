@@ -5,6 +5,9 @@
 //! `tests/lifecycle.rs` as `mod harness;`.
 #![allow(dead_code)]
 
+#[path = "../dns_zone/mod.rs"]
+mod dns_zone;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -97,12 +100,7 @@ pub struct DnsServer {
 impl DnsServer {
     /// `records`: (name without trailing dot, IPv4) pairs under `test.`.
     pub fn start(records: &[(&str, [u8; 4])]) -> DnsServer {
-        use hickory_server::net::runtime::TokioRuntimeProvider;
-        use hickory_server::proto::rr::rdata::{A, SOA};
-        use hickory_server::proto::rr::{Name, RData, Record};
-        use hickory_server::store::in_memory::InMemoryZoneHandler;
-        use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
-        use hickory_server::Server;
+        use hickory_server::proto::rr::Name;
 
         let records: Vec<(String, Ipv4Addr)> = records
             .iter()
@@ -117,34 +115,11 @@ impl DnsServer {
                 .unwrap();
             rt.block_on(async move {
                 let origin = Name::from_ascii("test.").unwrap();
-                let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
-                    origin.clone(),
-                    ZoneType::Primary,
-                    AxfrPolicy::Deny,
-                );
-                let soa = SOA::new(
-                    Name::from_ascii("ns.test.").unwrap(),
-                    Name::from_ascii("hostmaster.test.").unwrap(),
-                    1,
-                    60,
-                    60,
-                    60,
-                    1,
-                );
-                zone.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
+                let mut zone = dns_zone::empty_zone(&origin, 1);
                 for (name, ip) in records {
-                    let name = Name::from_ascii(format!("{name}.")).unwrap();
-                    zone.upsert_mut(Record::from_rdata(name, 1, RData::A(A::from(ip))), 1);
+                    dns_zone::add_a(&mut zone, &name, ip, 1);
                 }
-                let mut catalog = Catalog::new();
-                catalog.upsert(origin.into(), vec![Arc::new(zone)]);
-                let mut server = Server::new(catalog);
-                let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-                let addr = udp.local_addr().unwrap();
-                server.register_socket(udp);
-                if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
-                    server.register_listener(tcp, Duration::from_secs(5), 4096);
-                }
+                let (addr, mut server) = dns_zone::serve(&origin, Arc::new(zone), None).await;
                 addr_tx.send(addr).unwrap();
                 let _ = stop_rx.await;
                 let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown_gracefully())

@@ -18,13 +18,14 @@
 //! runs here (deploy/container/README.md).
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::Value;
+use tools::{find_tool, unavailable, Scratch};
+
+mod tools;
 
 const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -40,26 +41,6 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(deploy(rel)).unwrap_or_else(|e| panic!("deploy/{rel}: {e}"))
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Fails in CI, skips elsewhere.
-fn unavailable(why: &str) {
-    if in_ci() {
-        panic!("CI=true and {why}");
-    }
-    eprintln!("SKIPPED: {why}");
-}
-
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 fn tool(name: &str, package: &str) -> Option<PathBuf> {
     let t = find_tool(name);
     if t.is_none() {
@@ -70,22 +51,7 @@ fn tool(name: &str, package: &str) -> Option<PathBuf> {
 
 /// Runs a command, killing it after [`CMD_TIMEOUT`].
 fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("wait_with_output");
-        }
-        if start.elapsed() > CMD_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {CMD_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    tools::run(cmd, None, CMD_TIMEOUT)
 }
 
 fn assert_ok(what: &str, out: &Output) {
@@ -96,35 +62,6 @@ fn assert_ok(what: &str, out: &Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-deploy-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::File::create(&p)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .expect("write scratch file");
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn example_config() -> portcullis::config::Config {
@@ -199,7 +136,7 @@ fn systemd_unit_passes_systemd_analyze_verify_and_security() {
     let Some(sa) = tool("systemd-analyze", "apt-get install systemd") else {
         return;
     };
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("deploy");
     // verify insists that the Exec* binaries exist: point them at the one just built.
     let unit = read("systemd/portcullis.service").replace(
         "/usr/local/bin/portcullis",
@@ -370,7 +307,7 @@ fn kubernetes_deployment_is_highly_available_and_locked_down() {
 
     // The ConfigMap's own config and policy load, and the pods outlive the drain.
     let cm = find(&docs, "ConfigMap", "portcullis-config");
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("deploy");
     for (name, text) in cm["data"].as_object().expect("data") {
         scratch.write(name, text.as_str().expect("string data"));
     }
@@ -716,7 +653,7 @@ fn grafana_dashboard_queries_parse_as_promql() {
             serde_json::to_string(&promql).unwrap()
         ));
     }
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("deploy");
     let file = scratch.write("dashboard-rules.yml", &rules);
     let out = run(Command::new(&promtool).args(["check", "rules"]).arg(&file));
     assert!(

@@ -9,34 +9,22 @@
 //! is missing the test fails if `CI=true` and is skipped with a printed
 //! reason otherwise.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use portcullis::config::{Config, Inbound, SniListen};
 use portcullis::firewall::{render, Format};
+use tools::{find_tool, unavailable, Scratch};
+
+mod tools;
 
 /// Upper bound for any external command.
 const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Fails in CI, skips (returns `false`) elsewhere.
-fn unavailable(why: &str) -> bool {
-    if in_ci() {
-        panic!("CI=true and {why}");
-    }
-    eprintln!("SKIPPED: {why}");
-    false
 }
 
 fn is_root() -> bool {
@@ -48,15 +36,6 @@ fn is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
-}
-
-/// Finds `name` on PATH or in the sbin directories (which a non-login PATH may lack).
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// The tools, or `None` after failing (CI) or printing why the test is skipped.
@@ -84,28 +63,7 @@ fn tools(names: &[&str]) -> Option<Vec<PathBuf>> {
 
 /// Runs a command with `stdin` (if any), killing it after [`CMD_TIMEOUT`].
 fn run(cmd: &mut Command, stdin: Option<&Path>) -> Output {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(match stdin {
-        Some(p) => Stdio::from(std::fs::File::open(p).expect("open stdin file")),
-        None => Stdio::null(),
-    });
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("wait_with_output");
-        }
-        if start.elapsed() > CMD_TIMEOUT {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("wait after kill");
-            panic!(
-                "{cmd:?} did not finish within {CMD_TIMEOUT:?}\nstdout: {}\nstderr: {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    tools::run(cmd, stdin, CMD_TIMEOUT)
 }
 
 fn assert_ok(what: &str, out: &Output, input: &str) {
@@ -126,38 +84,9 @@ fn numbered(text: &str) -> String {
         .collect()
 }
 
-/// A scratch directory of this process, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-firewall-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        let mut f = std::fs::File::create(&p).expect("create scratch file");
-        f.write_all(text.as_bytes()).expect("write scratch file");
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Checks one ruleset with the tool of its format, in check mode.
 fn check(format: Format, text: &str, nft: &Path, ipt: &Path, ip6t: &Path) {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("firewall");
     let file = scratch.write("rules", text);
     let (what, out) = match format {
         Format::Nftables => (
@@ -349,7 +278,7 @@ fn netns_tools() -> Option<Vec<PathBuf>> {
 #[test]
 fn rulesets_load_for_real_and_reload_cleanly_in_a_private_netns() {
     let Some(t) = netns_tools() else { return };
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("firewall");
     for (name, config) in variants() {
         let nft_file = scratch.write("r.nft", &render(&config, Format::Nftables));
         let v4_file = scratch.write("r.v4", &render(&config, Format::Iptables));
@@ -429,7 +358,7 @@ fn loopback_config() -> Config {
 #[test]
 fn loaded_rules_open_each_listener_only_to_its_sources() {
     let Some(t) = netns_tools() else { return };
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("firewall");
     let py = scratch.write("probe.py", PROBE_PY);
     let config = loopback_config();
     let expected = [
